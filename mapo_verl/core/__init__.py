@@ -1,0 +1,38 @@
+"""MAPO's math core: pure torch, no veRL or Megatron import (spec §2).
+
+Symbols follow ``MAPO_SPEC.md``: ω̃ (``omega``) relevance weights, ν̃ (``nu``) inverse
+weights, τ_T the length-scaled temperature, κ the temporal exponent, C_mask the weight
+cap, C_pref the preference-gate cap, ε the log floor.
+"""
+
+from mapo_verl.core.aggregation import (
+    BATCH_NORMALISED_MODES,
+    LOSS_AGG_MODES,
+    PER_SEQUENCE_MODES,
+    aggregate_token_losses,
+    check_loss_agg_mode,
+    fold_relevance_into_advantages,
+)
+from mapo_verl.core.attention_loss import (
+    attention_objective,
+    attention_objective_from_coefficients,
+    attention_token_coefficients,
+    sequence_gate,
+)
+from mapo_verl.core.weights import length_scaled_temperature, relevance_weights, temporal_weights
+
+__all__ = [
+    "LOSS_AGG_MODES",
+    "PER_SEQUENCE_MODES",
+    "BATCH_NORMALISED_MODES",
+    "check_loss_agg_mode",
+    "relevance_weights",
+    "temporal_weights",
+    "length_scaled_temperature",
+    "fold_relevance_into_advantages",
+    "aggregate_token_losses",
+    "sequence_gate",
+    "attention_token_coefficients",
+    "attention_objective_from_coefficients",
+    "attention_objective",
+]

@@ -1,0 +1,91 @@
+"""The ``mapo`` advantage estimator: GRPO's advantages with ω̃ folded in.
+
+veRL calls a registered estimator with rewards, mask and group index only; ω̃ comes from
+the audio-ablated pass, which only the MAPO trainer runs. The trainer therefore provides
+the weights for the duration of its advantage step (:func:`provide_relevance`), and the
+estimator refuses to run without them: choosing ``adv_estimator=mapo`` with veRL's stock
+trainer fails with the setting that enables it, never a silent fall-back to GRPO.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from verl.trainer.ppo import core_algos
+
+from mapo_verl.core import fold_relevance_into_advantages
+
+__all__ = ["MAPO_ESTIMATOR", "RelevanceInputs", "provide_relevance", "compute_mapo_outcome_advantage"]
+
+MAPO_ESTIMATOR = "mapo"
+
+
+class MissingRelevanceError(RuntimeError):
+    """``adv_estimator=mapo`` ran without the ablated-pass weights."""
+
+
+@dataclass
+class RelevanceInputs:
+    """What the MAPO trainer hands the estimator for one batch (rows in batch order).
+
+    ``grpo_advantages`` is filled in by the estimator: the attention branch's gate needs
+    ``|Â|`` before ω̃ is folded in.
+    """
+
+    omega: torch.Tensor
+    loss_agg_mode: str
+    grpo_advantages: torch.Tensor | None = None
+
+
+_ACTIVE_RELEVANCE: ContextVar[RelevanceInputs | None] = ContextVar("mapo_active_relevance", default=None)
+
+
+@contextmanager
+def provide_relevance(inputs: RelevanceInputs) -> Iterator[RelevanceInputs]:
+    """Make ``inputs`` visible to the ``mapo`` estimator within the block."""
+    token = _ACTIVE_RELEVANCE.set(inputs)
+    try:
+        yield inputs
+    finally:
+        _ACTIVE_RELEVANCE.reset(token)
+
+
+@core_algos.register_adv_est(MAPO_ESTIMATOR)
+def compute_mapo_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index,
+    config=None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO outcome advantages (veRL's own function) re-weighted by ω̃ (spec §2).
+
+    Returns ``(advantages, returns)``; ``returns`` are GRPO's, unweighted.
+    """
+    inputs = _ACTIVE_RELEVANCE.get()
+    if inputs is None:
+        raise MissingRelevanceError(
+            "algorithm.adv_estimator=mapo needs the audio-ablated entropies, which only the MAPO trainer "
+            "computes: set trainer.v1.trainer_mode=mapo (the recipes in recipes/ do)"
+        )
+    norm_by_std = config.get("norm_adv_by_std_in_grpo", True) if config is not None else True
+    advantages, returns = core_algos.compute_grpo_outcome_advantage(
+        token_level_rewards=token_level_rewards,
+        response_mask=response_mask,
+        index=index,
+        norm_adv_by_std_in_grpo=norm_by_std,
+    )
+    if inputs.omega.shape != advantages.shape:
+        raise ValueError(
+            f"relevance weights have shape {tuple(inputs.omega.shape)} but the batch's advantages "
+            f"{tuple(advantages.shape)}: the ablated pass and the advantage step saw different batches"
+        )
+    inputs.grpo_advantages = advantages
+    folded = fold_relevance_into_advantages(
+        advantages, inputs.omega.to(advantages.device), response_mask, loss_agg_mode=inputs.loss_agg_mode
+    )
+    return folded, returns

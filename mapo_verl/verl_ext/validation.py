@@ -1,0 +1,81 @@
+"""Config checks that run before Ray starts (wrapped around veRL's ``validate_config``).
+
+A MAPO setting that cannot work is reported at launch, naming the key to change, rather
+than after the first rollout.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+from mapo_verl.config import CONFIG_PREFIX, MAPOPolicyLossConfig, mapo_config_from
+from mapo_verl.core import LOSS_AGG_MODES
+from mapo_verl.verl_ext.advantage import MAPO_ESTIMATOR
+
+__all__ = ["MAPO_TRAINER_MODE", "check_mapo_config", "install_config_check"]
+
+MAPO_TRAINER_MODE = "mapo"
+
+
+def _policy_loss_target_is_mapo(config) -> bool:
+    from hydra.utils import get_class
+
+    target = config.actor_rollout_ref.actor.policy_loss.get("_target_", "")
+    try:
+        return bool(target) and issubclass(get_class(target), MAPOPolicyLossConfig)
+    except Exception:
+        return False
+
+
+def check_mapo_config(config) -> None:
+    """Raise a ``ValueError`` naming the key when a full trainer config misuses MAPO."""
+    estimator = config.algorithm.get("adv_estimator")
+    trainer_mode = config.trainer.get("v1", {}).get("trainer_mode")
+    if estimator != MAPO_ESTIMATOR:
+        if trainer_mode == MAPO_TRAINER_MODE:
+            raise ValueError(
+                f"trainer.v1.trainer_mode=mapo runs MAPO's ablated pass, but algorithm.adv_estimator="
+                f"{estimator!r}: set algorithm.adv_estimator=mapo (or trainer.v1.trainer_mode=sync for plain GRPO)"
+            )
+        return
+    if not config.trainer.get("use_v1", True):
+        raise ValueError("algorithm.adv_estimator=mapo runs on veRL's v1 trainer: set trainer.use_v1=true")
+    if trainer_mode != MAPO_TRAINER_MODE:
+        raise ValueError(
+            f"algorithm.adv_estimator=mapo needs the audio-ablated entropies, which only the MAPO trainer "
+            f"computes: set trainer.v1.trainer_mode=mapo (got {trainer_mode!r})"
+        )
+    if not _policy_loss_target_is_mapo(config):
+        raise ValueError(
+            f"algorithm.adv_estimator=mapo reads its hyper-parameters from {CONFIG_PREFIX}: set "
+            "actor_rollout_ref.actor.policy_loss._target_=mapo_verl.config.MAPOPolicyLossConfig"
+        )
+    mapo_config_from(config)  # validates every MAPO value, naming the key
+    loss_agg_mode = config.actor_rollout_ref.actor.loss_agg_mode
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(
+            f"actor_rollout_ref.actor.loss_agg_mode must be one of {list(LOSS_AGG_MODES)} for MAPO, "
+            f"got {loss_agg_mode!r}"
+        )
+
+
+def install_config_check() -> None:
+    """Run :func:`check_mapo_config` after veRL's own ``validate_config``."""
+    import verl.utils.config as verl_config
+
+    original = verl_config.validate_config
+    if getattr(original, "__mapo_wrapped__", False):
+        return
+
+    @functools.wraps(original)
+    def validate_config(config, *args, **kwargs):
+        result = original(config, *args, **kwargs)
+        check_mapo_config(config)
+        return result
+
+    validate_config.__mapo_wrapped__ = True
+    verl_config.validate_config = validate_config
+    main_module = sys.modules.get("verl.trainer.main_ppo")
+    if main_module is not None and getattr(main_module, "validate_config", None) is original:
+        main_module.validate_config = validate_config
