@@ -13,6 +13,13 @@ from mapo_verl.core.aggregation import (
     check_loss_agg_mode,
     fold_relevance_into_advantages,
 )
+from mapo_verl.core.audio_mass import (
+    HEAD_REDUCTIONS,
+    indicator_values,
+    mass_from_output,
+    reduce_heads,
+    reduce_layers,
+)
 from mapo_verl.core.attention_loss import (
     attention_objective,
     attention_objective_from_coefficients,
@@ -35,4 +42,9 @@ __all__ = [
     "attention_token_coefficients",
     "attention_objective_from_coefficients",
     "attention_objective",
+    "HEAD_REDUCTIONS",
+    "indicator_values",
+    "mass_from_output",
+    "reduce_heads",
+    "reduce_layers",
 ]
