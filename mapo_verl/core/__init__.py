@@ -26,6 +26,13 @@ from mapo_verl.core.attention_loss import (
     attention_token_coefficients,
     sequence_gate,
 )
+from mapo_verl.core.diagnostics import (
+    NUM_DECILES,
+    decile_metrics,
+    late_early_ratio,
+    position_deciles,
+    sums_by_decile,
+)
 from mapo_verl.core.weights import length_scaled_temperature, relevance_weights, temporal_weights
 
 __all__ = [
@@ -47,4 +54,9 @@ __all__ = [
     "mass_from_output",
     "reduce_heads",
     "reduce_layers",
+    "NUM_DECILES",
+    "position_deciles",
+    "sums_by_decile",
+    "decile_metrics",
+    "late_early_ratio",
 ]

@@ -6,11 +6,18 @@ _registered = False
 
 
 def register_all() -> None:
-    """Register the ``mapo`` estimator and install the launch-time config check. Idempotent."""
+    """Register the ``mapo`` estimator and trainer, install the launch-time config check. Idempotent."""
     global _registered
     if _registered:
         return
+    from mapo_verl.cpu import register_cpu_backend
+    from mapo_verl.patches import apply_audio_model_patches
+
+    # first: the CPU platform must be registered before anything below resolves veRL's platform
+    register_cpu_backend()  # no-op unless VERL_PLATFORM=cpu (dry runs and CI)
+    apply_audio_model_patches()
     from mapo_verl.verl_ext import advantage  # noqa: F401  (registers adv_estimator "mapo")
+    from mapo_verl.verl_ext import trainer  # noqa: F401  (registers trainer_mode "mapo")
     from mapo_verl.verl_ext.validation import install_config_check
 
     install_config_check()

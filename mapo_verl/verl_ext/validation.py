@@ -52,6 +52,12 @@ def check_mapo_config(config) -> None:
             "actor_rollout_ref.actor.policy_loss._target_=mapo_verl.config.MAPOPolicyLossConfig"
         )
     mapo_config_from(config)  # validates every MAPO value, naming the key
+    rollout_correction = config.algorithm.get("rollout_correction") or {}
+    if rollout_correction.get("bypass_mode", False):
+        raise ValueError(
+            "MAPO needs the policy entropies of the old-log-prob pass, which bypass mode skips: set "
+            "algorithm.rollout_correction.bypass_mode=false"
+        )
     loss_agg_mode = config.actor_rollout_ref.actor.loss_agg_mode
     if loss_agg_mode not in LOSS_AGG_MODES:
         raise ValueError(

@@ -1,0 +1,127 @@
+"""MAPO's per-batch computations on the trainer, on padded response tensors (pure torch).
+
+The trainer adapter fetches tensors from veRL's TransferQueue and calls these; they only
+compose the math core (no formula is re-derived here):
+
+1. :func:`relevance_for_batch` — Δh, ω̃ and ν̃ for a batch, with ω̃ ≡ 1 and no attention
+   weight for samples that carry no audio;
+2. :func:`attention_fields_for_batch` — the per-token coefficients ``c_t`` and gate mask
+   the actor engines need for L_attn, from ν̃, the POS gate, failures and |Â|;
+3. :func:`relevance_metrics` — the ``mapo/*`` numbers for the tracker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mapo_verl.config import MAPOConfig
+from mapo_verl.core import (
+    attention_token_coefficients,
+    decile_metrics,
+    late_early_ratio,
+    relevance_weights,
+    sums_by_decile,
+)
+from mapo_verl.core.checks import as_bool_mask, check_per_sequence
+
+__all__ = [
+    "BatchRelevance",
+    "relevance_for_batch",
+    "sequence_advantage_magnitude",
+    "attention_fields_for_batch",
+    "relevance_metrics",
+]
+
+
+@dataclass
+class BatchRelevance:
+    """What the ablated pass tells about one batch (all ``[B, T]`` unless noted)."""
+
+    delta_h: torch.Tensor  # H_abl − H_pol, float32, zero outside the mask
+    omega: torch.Tensor  # ω̃ (≡ 1 on valid tokens of rows without audio)
+    nu: torch.Tensor  # ν̃ (0 on rows without audio)
+    response_mask: torch.Tensor  # bool
+    has_audio: torch.Tensor  # bool [B]
+    pos_gate: torch.Tensor | None  # bool, or None (all tokens gated)
+
+
+def relevance_for_batch(
+    entropy_policy: torch.Tensor,
+    entropy_ablated: torch.Tensor,
+    response_mask: torch.Tensor,
+    has_audio: torch.Tensor,
+    config: MAPOConfig,
+    *,
+    pos_gate: torch.Tensor | None = None,
+) -> BatchRelevance:
+    """ω̃ and ν̃ (spec §2) for a padded batch; rows without audio get ω̃ ≡ 1 and ν̃ ≡ 0."""
+    mask = as_bool_mask(response_mask, "response_mask")
+    audio = as_bool_mask(check_per_sequence(has_audio, "has_audio", mask.shape[0]), "has_audio")
+    omega, nu = relevance_weights(
+        entropy_policy, entropy_ablated, mask, tau_base=config.tau_base, cap=config.mask_cap, pos_gate=pos_gate
+    )
+    rows = audio.unsqueeze(-1)
+    omega = torch.where(rows, omega, mask.to(omega.dtype))
+    nu = torch.where(rows, nu, torch.zeros_like(nu))
+    delta_h = torch.where(mask, entropy_ablated.float() - entropy_policy.float(), torch.zeros_like(omega))
+    return BatchRelevance(delta_h=delta_h, omega=omega, nu=nu, response_mask=mask, has_audio=audio,
+                          pos_gate=None if pos_gate is None else as_bool_mask(pos_gate, "pos_gate", mask.shape))
+
+
+def sequence_advantage_magnitude(advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """``|Â_g|`` per sequence from token-level outcome advantages (constant over a row's tokens)."""
+    mask = as_bool_mask(response_mask, "response_mask")
+    return torch.where(mask, advantages.abs(), torch.zeros_like(advantages)).amax(dim=-1)
+
+
+def attention_fields_for_batch(
+    relevance: BatchRelevance,
+    grpo_advantages: torch.Tensor,
+    task_failed: torch.Tensor,
+    config: MAPOConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c_t, gate mask)`` for the actor update; rows without audio carry no attention loss."""
+    attention = config.attention
+    coefficients, gated = attention_token_coefficients(
+        relevance.response_mask,
+        relevance.nu,
+        pos_gate=relevance.pos_gate,
+        task_failed=task_failed,
+        adv_abs=sequence_advantage_magnitude(grpo_advantages, relevance.response_mask),
+        kappa=attention.kappa,
+        fail_floor=attention.fail_floor,
+        adv_floor=attention.advantage_floor_eps,
+        pref_cap=attention.pref_cap,
+    )
+    gated = gated & relevance.has_audio.unsqueeze(-1)
+    return torch.where(gated, coefficients, torch.zeros_like(coefficients)), gated
+
+
+def relevance_metrics(relevance: BatchRelevance, cap: float) -> dict[str, float]:
+    """``mapo/*`` metrics of one batch: Δh, ω̃ statistics, the Δh collapse curve by decile."""
+    metrics = {"mapo/audio_sample_frac": float(relevance.has_audio.float().mean())}
+    audio_tokens = relevance.response_mask & relevance.has_audio.unsqueeze(-1)
+    if not bool(audio_tokens.any()):
+        return metrics
+    omega = relevance.omega[audio_tokens]
+    delta = relevance.delta_h[audio_tokens]
+    metrics.update(
+        {
+            "mapo/delta_h_mean": float(delta.mean()),
+            "mapo/abs_delta_h_mean": float(delta.abs().mean()),
+            "mapo/omega_min": float(omega.min()),
+            "mapo/omega_mean": float(omega.mean()),
+            "mapo/omega_max": float(omega.max()),
+            "mapo/omega_capped_frac": float((omega >= cap).float().mean()) if cap > 0 else 0.0,
+        }
+    )
+    if relevance.pos_gate is not None:
+        metrics["mapo/pos_gate_frac"] = float(relevance.pos_gate[audio_tokens].float().mean())
+    sums, counts = sums_by_decile(relevance.delta_h, audio_tokens)
+    metrics.update(decile_metrics("mapo/delta_h", sums, counts))
+    ratio = late_early_ratio(sums, counts)
+    if ratio is not None:
+        metrics["mapo/delta_h_late_early_ratio"] = ratio
+    return metrics

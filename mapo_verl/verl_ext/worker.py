@@ -1,0 +1,125 @@
+"""MAPO's Ray worker: veRL's ActorRolloutRefWorker plus the audio-ablated pass.
+
+- :meth:`compute_ablated_entropy_ref` / :meth:`compute_ablated_entropy_actor`: one
+  no-grad forward of the reference (or the current policy, or the LoRA base) over the
+  batch with the audio removed (:func:`mapo_verl.ablation.ablate_audio`), returning the
+  entropies at the rollout temperature. It reuses the worker's existing engine, its
+  micro-batching and dynamic batch sizes: no extra model copy.
+- the actor's engine is MAPO's (attention-loss hooks) where one is registered for the
+  backend: engines registered in veRL's ``EngineRegistry`` under the vendor key
+  :data:`MAPO_ENGINE_VENDOR` are picked for the actor; other roles keep veRL's engines.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import torch
+from tensordict import TensorDict
+from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
+from verl.utils import tensordict_utils as tu
+from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
+
+from mapo_verl.ablation import ablate_audio, has_audio
+
+__all__ = [
+    "MAPO_ENGINE_VENDOR",
+    "ABLATION_REQUEST_KEYS",
+    "ABLATED_ENTROPY_FIELD",
+    "HAS_AUDIO_FIELD",
+    "MAPOTrainingWorker",
+    "MAPOActorRolloutRefWorker",
+    "ablate_batch",
+]
+
+MAPO_ENGINE_VENDOR = "mapo"
+ABLATED_ENTROPY_FIELD = "mapo_ablated_entropy"
+HAS_AUDIO_FIELD = "mapo_has_audio"
+# Non-tensor request entries the trainer puts into the batch's extra_info.
+ABLATION_REQUEST_KEYS = ("mapo_ablation", "mapo_noise_scale", "mapo_seed")
+
+
+@contextmanager
+def _engine_vendor(vendor: str):
+    """Select engines registered under ``vendor`` for the constructions inside the block.
+
+    veRL's ``EngineRegistry`` reads ``VERL_ENGINE_VENDOR`` at construction time; a backend
+    without an engine for this vendor falls back to veRL's own. Worker construction is
+    single-threaded, so the scoped override is not observed elsewhere.
+    """
+    previous = os.environ.get("VERL_ENGINE_VENDOR")
+    os.environ["VERL_ENGINE_VENDOR"] = vendor
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("VERL_ENGINE_VENDOR", None)
+        else:
+            os.environ["VERL_ENGINE_VENDOR"] = previous
+
+
+class MAPOTrainingWorker(TrainingWorker):
+    """veRL's TrainingWorker whose engine is MAPO's for the backend when one is registered."""
+
+    def __init__(self, config):
+        with _engine_vendor(MAPO_ENGINE_VENDOR):
+            super().__init__(config)
+
+
+def ablate_batch(data: TensorDict) -> torch.Tensor:
+    """Remove the audio from every sample of a worker batch, in place, as its extra_info requests.
+
+    Pops the request keys and rewrites ``multi_modal_inputs``. Returns ``[B]`` int64 flags:
+    the rows whose inputs held audio features.
+    """
+    mode = tu.pop(data, "mapo_ablation", default=None)
+    if mode is None:
+        raise ValueError("the ablated pass needs 'mapo_ablation' in the batch's extra_info (drop|zero|noise)")
+    noise_scale = float(tu.pop(data, "mapo_noise_scale", default=1.0))
+    seed = int(tu.pop(data, "mapo_seed", default=0))
+    batch_size = data.batch_size[0]
+    samples = tu.get(data, "multi_modal_inputs", default=None)
+    if samples is None:
+        samples = [None] * batch_size
+    generator = torch.Generator().manual_seed(seed)
+    flags = torch.tensor([has_audio(sample) for sample in samples], dtype=torch.int64)
+    if bool(flags.any()):
+        ablated = [ablate_audio(sample, mode, noise_scale=noise_scale, generator=generator) for sample in samples]
+        tu.assign_non_tensor_stack(data, "multi_modal_inputs", ablated)
+    return flags
+
+
+def _ablated_output(output: TensorDict | None, has_audio_flags: torch.Tensor) -> TensorDict | None:
+    """Keep only the ablated entropies (renamed, so the policy's ``entropy`` field survives)."""
+    if output is None:  # not the rank that collects outputs
+        return None
+    if "entropy" not in output.keys():
+        raise RuntimeError("the ablated pass returned no entropy: the engine ignored calculate_entropy=True")
+    result = tu.get_tensordict({ABLATED_ENTROPY_FIELD: output["entropy"], HAS_AUDIO_FIELD: has_audio_flags})
+    if "metrics" in output.keys():
+        tu.assign_non_tensor(result, metrics=tu.get(output, "metrics"))
+    return result.cpu()
+
+
+class MAPOActorRolloutRefWorker(ActorRolloutRefWorker):
+    """ActorRolloutRefWorker with MAPO's actor engine and the audio-ablated pass."""
+
+    actor_worker_cls = MAPOTrainingWorker
+
+    def _run_ablated(self, engine_worker: TrainingWorker, data: TensorDict) -> TensorDict | None:
+        flags = ablate_batch(data)
+        tu.assign_non_tensor(data, calculate_entropy=True, compute_loss=False)
+        return _ablated_output(engine_worker.infer_batch(data), flags)
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="ref"))
+    def compute_ablated_entropy_ref(self, data: TensorDict) -> TensorDict:
+        """Entropies of the frozen reference on the audio-ablated batch."""
+        if self.ref is None:
+            raise RuntimeError("this worker holds no reference model; use compute_ablated_entropy_actor")
+        return self._run_ablated(self.ref, data)
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_ablated_entropy_actor(self, data: TensorDict) -> TensorDict:
+        """Entropies of the actor (current weights, or its LoRA base with ``no_lora_adapter``)."""
+        return self._run_ablated(self.actor, data)
