@@ -1,0 +1,1 @@
+"""Reports on MAPO runs (collapse plots)."""
