@@ -16,6 +16,8 @@ from mapo_verl.verl_ext.advantage import MAPO_ESTIMATOR
 __all__ = ["MAPO_TRAINER_MODE", "check_mapo_config", "install_config_check"]
 
 MAPO_TRAINER_MODE = "mapo"
+# Actor strategies for which MAPO registers an engine with the attention-loss hooks.
+ATTENTION_LOSS_STRATEGIES = ("fsdp", "fsdp2", "megatron")
 
 
 def _policy_loss_target_is_mapo(config) -> bool:
@@ -51,7 +53,14 @@ def check_mapo_config(config) -> None:
             f"algorithm.adv_estimator=mapo reads its hyper-parameters from {CONFIG_PREFIX}: set "
             "actor_rollout_ref.actor.policy_loss._target_=mapo_verl.config.MAPOPolicyLossConfig"
         )
-    mapo_config_from(config)  # validates every MAPO value, naming the key
+    mapo = mapo_config_from(config)  # validates every MAPO value, naming the key
+    strategy = config.actor_rollout_ref.actor.strategy
+    if mapo.attention.enabled and strategy not in ATTENTION_LOSS_STRATEGIES:
+        raise ValueError(
+            f"{CONFIG_PREFIX}.attention.coef > 0 needs one of MAPO's attention-loss engines "
+            f"({', '.join(ATTENTION_LOSS_STRATEGIES)}), but actor_rollout_ref.actor.strategy={strategy!r}: "
+            f"choose one of them or set {CONFIG_PREFIX}.attention.coef=0"
+        )
     rollout_correction = config.algorithm.get("rollout_correction") or {}
     if rollout_correction.get("bypass_mode", False):
         raise ValueError(

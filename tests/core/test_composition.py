@@ -59,6 +59,8 @@ def test_composed_config_builds_veRLs_actor_dataclass_with_mapo_values():
         (MAPO_OVERRIDES[:2], "actor_rollout_ref.actor.policy_loss._target_=mapo_verl.config.MAPOPolicyLossConfig"),
         (MAPO_OVERRIDES + ["+actor_rollout_ref.actor.policy_loss.mapo.mask_cap=0.5"], "mapo.mask_cap must be"),
         (MAPO_OVERRIDES + ["actor_rollout_ref.actor.loss_agg_mode=token-median"], "loss_agg_mode must be one of"),
+        (MAPO_OVERRIDES + ["actor_rollout_ref.actor.strategy=veomni"], "attention.coef > 0 needs one of MAPO's"),
+        (MAPO_OVERRIDES + ["algorithm.rollout_correction.bypass_mode=true"], "bypass_mode=false"),
     ],
 )
 def test_misconfigurations_name_the_key(overrides, message):
