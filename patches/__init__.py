@@ -23,3 +23,43 @@ def require_tested_verl() -> None:
             f"mapo_verl's patches are pinned to verl=={TESTED_VERL_VERSION}, found verl=={verl.__version__}; "
             f"install verl=={TESTED_VERL_VERSION} (pip install 'mapo-verl' pins it)"
         )
+
+
+_applied = False
+
+
+def apply_audio_model_patches() -> None:
+    """Adapt veRL's data/processor path to Qwen2.5-Omni thinker, Qwen2-Audio and Qwen3-Omni thinker.
+
+    Spec §5: veRL 0.9.1 has generic audio plumbing (``input_features`` /
+    ``feature_attention_mask`` as varlen multimodal keys) but rejects these models' processors;
+    spec §6: the Omni thinker does not check placeholder counts against the audio features.
+
+    Installs (for the families of :mod:`mapo_verl.patches.audio_models`; any other model goes
+    through veRL unchanged, except that the wrap-order and position-id fixes also apply to it
+    in the cases where veRL itself would fail):
+
+    - :mod:`mapo_verl.patches.processors`: ``hf_processor`` loads their processors (veRL
+      rejects them) and binds the Omni thinkers' multimodal-RoPE index for position ids;
+    - :mod:`mapo_verl.patches.model_class`: the FSDP engine loads them with their LM head;
+    - :mod:`mapo_verl.patches.fsdp_wrap`: FSDP2 shards their nested encoder/layer classes
+      inner-first (the Omni thinkers' audio and vision encoders);
+    - :mod:`mapo_verl.patches.position_ids`: their [4, seq] mRoPE position ids survive
+      TransferQueue batches whose sequences all have one length;
+    - :mod:`mapo_verl.patches.agent_loop`: the agent loop computes ``input_features`` /
+      ``feature_attention_mask`` per trajectory and checks placeholder counts per sample.
+
+    Heavy veRL modules are patched when veRL imports them. Idempotent.
+    """
+    global _applied
+    if _applied:
+        return
+    require_tested_verl()
+    from mapo_verl.patches import agent_loop, fsdp_wrap, model_class, position_ids, processors
+
+    processors.install()
+    model_class.install()
+    fsdp_wrap.install()
+    position_ids.install()
+    agent_loop.install()
+    _applied = True

@@ -1,0 +1,78 @@
+"""Run a recipe of ``recipes/`` on this CPU machine through veRL's real entry point.
+
+    python -m mapo_verl.demo.launch [--recipe mapo_tiny_cpu] [--config-path DIR] [hydra overrides...]
+
+Prepares the embedded demo assets (:func:`mapo_verl.demo.ensure_demo_assets`), then runs
+``python -m verl.trainer.main_ppo --config-path <recipes> --config-name <recipe> ...`` with
+``VERL_PLATFORM=cpu`` (mapo_verl's CPU backend, for dry runs and CI), streaming veRL's
+progress bar and console metrics. The run's metrics go to
+``$MAPO_RUN_DIR/<recipe>/metrics.jsonl`` (when the recipe logs to ``file``) and, when the
+run logged ``mapo/*`` metrics, the collapse report is written next to them. Exits with
+main_ppo's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["default_recipes_dir", "main_ppo_command", "main"]
+
+
+def default_recipes_dir() -> Path:
+    """``recipes/`` of the source checkout this package runs from."""
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+def main_ppo_command(recipe: str, config_path: Path, overrides: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path",
+        str(config_path.resolve()),
+        "--config-name",
+        recipe,
+        *overrides,
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="mapo_tiny_cpu", help="recipe name (default: %(default)s)")
+    parser.add_argument("--config-path", type=Path, default=None, help="recipes directory (default: the checkout's)")
+    args, overrides = parser.parse_known_args(argv)
+
+    config_path = args.config_path or default_recipes_dir()
+    if not (config_path / f"{args.recipe}.yaml").is_file():
+        parser.error(f"no recipe {args.recipe}.yaml in {config_path} (pass --config-path)")
+
+    from mapo_verl.demo import demo_dir, ensure_demo_assets
+
+    start = time.perf_counter()
+    print(f"[mapo_verl] demo assets in {demo_dir()} ...", flush=True)
+    assets = ensure_demo_assets()
+    print(f"[mapo_verl] model {assets.model_dir} ({time.perf_counter() - start:.1f}s)", flush=True)
+
+    run_dir = Path(os.environ.get("MAPO_RUN_DIR", "runs")).resolve() / args.recipe
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = run_dir / "metrics.jsonl"
+    env = dict(os.environ, VERL_PLATFORM="cpu", VERL_FILE_LOGGER_PATH=str(metrics_file))
+    command = main_ppo_command(args.recipe, config_path, overrides)
+    print("[mapo_verl] VERL_PLATFORM=cpu " + " ".join(command[1:]), flush=True)
+    status = subprocess.call(command, env=env)
+    print(f"[mapo_verl] main_ppo exited with {status} after {time.perf_counter() - start:.0f}s", flush=True)
+    if status == 0 and metrics_file.is_file() and "mapo/" in metrics_file.read_text():
+        from mapo_verl.report.collapse import write_report
+
+        summary = write_report(metrics_file, run_dir / "collapse_report")
+        print(f"[mapo_verl] metrics: {metrics_file}\n[mapo_verl] collapse report: {summary}", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

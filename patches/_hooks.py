@@ -1,0 +1,70 @@
+"""Run a patch when a module is imported (now, if it already is).
+
+Patching a heavy veRL module at ``import verl`` time would make every process (trainer,
+workers, reward and agent-loop actors) import it; a post-import hook patches it exactly
+when, and in exactly the processes where, veRL itself imports it.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import sys
+import threading
+from types import ModuleType
+from typing import Callable
+
+__all__ = ["when_imported"]
+
+_lock = threading.Lock()
+_pending: dict[str, list[Callable[[ModuleType], None]]] = {}
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Delegates to the real loader, then runs the patches registered for the module."""
+
+    def __init__(self, loader: importlib.abc.Loader, name: str):
+        self._loader = loader
+        self._name = name
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        with _lock:
+            patches = _pending.pop(self._name, [])
+        for patch in patches:
+            patch(module)
+
+    def __getattr__(self, item):  # get_source, is_package, ... for tracebacks and pkgutil
+        return getattr(self._loader, item)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in _pending:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _PatchingLoader(spec.loader, fullname)
+                return spec
+        return None
+
+
+_finder = _PostImportFinder()
+
+
+def when_imported(module_name: str, patch: Callable[[ModuleType], None]) -> None:
+    """Call ``patch(module)`` once ``module_name`` is imported (immediately if it already is)."""
+    module = sys.modules.get(module_name)
+    if module is not None:
+        patch(module)
+        return
+    with _lock:
+        _pending.setdefault(module_name, []).append(patch)
+        if _finder not in sys.meta_path:
+            sys.meta_path.insert(0, _finder)

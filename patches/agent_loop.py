@@ -1,0 +1,92 @@
+"""Audio features for training, computed and checked per sample, in veRL's agent loop.
+
+After a rollout, veRL 0.9.1's ``AgentLoopWorker._compute_multi_modal_inputs`` recomputes
+the processor features for the trajectory by decoding ``input_ids`` with
+``skip_special_tokens=True`` and running the processor on that text plus the clips. The
+decode drops the audio placeholders, and Qwen2-Audio's processor then rejects the call
+("found 0 audio tokens but received 1 audio"). For the audio families of
+:mod:`mapo_verl.patches.audio_models` the audio features are instead computed from the
+clips alone (:func:`audio_processor_inputs`), other modalities still go through veRL's
+code, and the sample's placeholder count is checked against the features, naming the
+sample (uid, rollout session, dataset index) on mismatch.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+
+from mapo_verl.patches.audio_models import (
+    audio_family_for_processor,
+    audio_processor_inputs,
+    check_audio_placeholders,
+)
+
+__all__ = ["install", "AGENT_LOOP_MODULE"]
+
+AGENT_LOOP_MODULE = "verl.experimental.agent_loop.agent_loop"
+
+_SAMPLE: contextvars.ContextVar[str] = contextvars.ContextVar("mapo_agent_loop_sample", default="sample <unknown>")
+
+
+def _describe_sample(trajectory: dict, kwargs: dict) -> str:
+    parts = [f"{key}={kwargs[key]}" for key in ("uid", "session_id", "index", "data_source") if key in kwargs]
+    if not parts:
+        parts = [f"{key}={trajectory[key]}" for key in ("sample_index", "rollout_n", "step") if key in trajectory]
+    return "sample " + ", ".join(parts)
+
+
+def _wrap_run_agent_loop(original):
+    @functools.wraps(original)
+    async def _run_agent_loop(self, sampling_params, trajectory, **kwargs):
+        token = _SAMPLE.set(_describe_sample(trajectory, kwargs))
+        try:
+            return await original(self, sampling_params, trajectory, **kwargs)
+        finally:
+            _SAMPLE.reset(token)
+
+    return _run_agent_loop
+
+
+def _wrap_compute_multi_modal_inputs(original):
+    @functools.wraps(original)
+    def _compute_multi_modal_inputs(self, output, input_ids):
+        multi_modal_data = output.multi_modal_data or {}
+        audios = multi_modal_data.get("audios")
+        family = audio_family_for_processor(self.processor)
+        if not audios or family is None:
+            return original(self, output, input_ids)
+
+        others = {key: value for key, value in multi_modal_data.items() if key != "audios"}
+        inputs = original(self, output.model_copy(update={"multi_modal_data": others}), input_ids) if others else {}
+        mm_processor_kwargs = output.mm_processor_kwargs
+        if mm_processor_kwargs is None:
+            mm_processor_kwargs = self._get_mm_processor_kwargs(audios)
+        inputs.update(audio_processor_inputs(self.processor, audios, mm_processor_kwargs))
+        check_audio_placeholders(
+            input_ids,
+            inputs["feature_attention_mask"],
+            audio_token_id=self.processor.tokenizer.convert_tokens_to_ids(self.processor.audio_token),
+            family=family,
+            sample=_SAMPLE.get(),
+            response_ids=output.response_ids,
+        )
+        return inputs
+
+    return _compute_multi_modal_inputs
+
+
+def _patch(module) -> None:
+    worker = module.AgentLoopWorker
+    if getattr(worker, "__mapo_audio_patched__", False):
+        return
+    worker._run_agent_loop = _wrap_run_agent_loop(worker._run_agent_loop)
+    worker._compute_multi_modal_inputs = _wrap_compute_multi_modal_inputs(worker._compute_multi_modal_inputs)
+    worker.__mapo_audio_patched__ = True
+
+
+def install() -> None:
+    """Patch ``AgentLoopWorker`` when veRL's agent-loop module is imported."""
+    from mapo_verl.patches._hooks import when_imported
+
+    when_imported(AGENT_LOOP_MODULE, _patch)
