@@ -1,0 +1,141 @@
+"""What the FSDP and Megatron engines share for MAPO's attention branch (one place for both).
+
+- the vendor key both engines register under in veRL's ``EngineRegistry``;
+- the batch fields the MAPO trainer writes for the actor update (:data:`COEF_FIELD`,
+  :data:`GATE_FIELD`) and reading them as dense response-aligned tensors;
+- which response tokens the branch applies to (rows that hold an audio token) and the
+  mini-batch normalisers ``G`` and ``N`` summed over data-parallel ranks;
+- the MAPO config bound into veRL's ``partial(ppo_loss, config=actor_config)``;
+- the audio-mass statistics behind the ``mapo/audio_mass*`` metrics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from mapo_verl.config import CONFIG_PREFIX, MAPOConfig
+from mapo_verl.core import NUM_DECILES, decile_metrics, late_early_ratio, sums_by_decile
+from mapo_verl.core.checks import as_bool_mask, check_finite_where
+
+__all__ = [
+    "MAPO_ENGINE_VENDOR",
+    "COEF_FIELD",
+    "GATE_FIELD",
+    "bound_configs",
+    "require_attention_fields",
+    "dense_response_field",
+    "rows_with_audio",
+    "branch_masks",
+    "check_coefficients",
+    "global_branch_counts",
+    "MassStatistics",
+]
+
+MAPO_ENGINE_VENDOR = "mapo"
+COEF_FIELD = "mapo_attn_coef"
+GATE_FIELD = "mapo_attn_gate"
+
+
+def bound_configs(loss_function) -> tuple[object, MAPOConfig] | None:
+    """``(actor config, MAPO config)`` bound into veRL's ``partial(ppo_loss, config=actor_config)``.
+
+    ``None`` when the loss function carries no MAPO policy-loss config.
+    """
+    actor_config = getattr(loss_function, "keywords", {}).get("config")
+    mapo = getattr(getattr(actor_config, "policy_loss", None), "mapo", None)
+    return (actor_config, mapo) if isinstance(mapo, MAPOConfig) else None
+
+
+def require_attention_fields(data, coef: float) -> None:
+    """Fail naming the fields when η > 0 but the actor batch lacks the trainer's coefficients."""
+    missing = [name for name in (COEF_FIELD, GATE_FIELD) if name not in data.keys()]
+    if missing:
+        raise KeyError(
+            f"{CONFIG_PREFIX}.attention.coef={coef} > 0 but the actor batch lacks {missing}: the MAPO trainer "
+            "(trainer.v1.trainer_mode=mapo) writes these response-aligned fields; set the coef to 0 to train "
+            "without the attention loss"
+        )
+
+
+def dense_response_field(value: torch.Tensor, width: int, name: str) -> torch.Tensor:
+    """A response-aligned field as a dense ``[B, width]`` tensor (nested rows are zero-padded).
+
+    Padded fields may be wider than the micro-batch's responses (veRL pads to the configured
+    maximum): only padding is cut. A field narrower than a response is an error.
+    """
+    dense = value.to_padded_tensor(0) if value.is_nested else value
+    if dense.shape[1] >= width:
+        return dense[:, :width]
+    if value.is_nested:
+        return torch.nn.functional.pad(dense, (0, width - dense.shape[1]))
+    raise ValueError(f"{name} has {dense.shape[1]} response positions but the responses have {width}: it must be "
+                     "response-aligned like 'advantages'")
+
+
+def rows_with_audio(input_ids: torch.Tensor, audio_id: int) -> torch.Tensor:
+    """bool ``[B]``: rows of a nested (jagged) ``input_ids`` that hold at least one audio token."""
+    lengths = input_ids.offsets().diff()
+    rows = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+    hits = torch.zeros(len(lengths), dtype=torch.long, device=lengths.device)
+    hits.index_add_(0, rows, (input_ids.values() == audio_id).long())
+    return hits > 0
+
+
+def branch_masks(data, audio_id: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(valid, gated)`` ``[B, width]``: response tokens of rows with audio, and the gated ones among them.
+
+    Rows without an audio token are left out of the branch: they count in neither ``G`` nor
+    ``N`` (their mass is 0 with no gradient).
+    """
+    response_mask = dense_response_field(data["response_mask"], width, "response_mask").bool()
+    valid = response_mask & rows_with_audio(data["input_ids"], audio_id).to(response_mask.device)[:, None]
+    gated = as_bool_mask(dense_response_field(data[GATE_FIELD], width, GATE_FIELD), GATE_FIELD) & valid
+    return valid, gated
+
+
+def check_coefficients(data, gated: torch.Tensor) -> None:
+    """The trainer's ``c_t`` must be finite and ≥ 0 where the branch reads them (once per mini-batch)."""
+    coef = dense_response_field(data[COEF_FIELD], gated.shape[-1], COEF_FIELD)
+    check_finite_where(coef, gated, COEF_FIELD)
+    if bool((coef < 0)[gated].any()):
+        raise ValueError(f"{COEF_FIELD} must be >= 0 at gated positions (c_t = gate·(t/T)^κ·ν̃·pos)")
+
+
+def global_branch_counts(valid: torch.Tensor, gated: torch.Tensor, group, device) -> tuple[float, float]:
+    """``G`` (responses in the branch) and ``N`` (gated tokens) of the mini-batch, summed over ``group``."""
+    counts = torch.stack([valid.any(dim=-1).sum(), gated.sum()]).to(device=device, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
+    num_sequences, num_tokens = counts.clamp(min=1).cpu().tolist()
+    return num_sequences, num_tokens
+
+
+class MassStatistics:
+    """Audio-mass sums by response-position decile over one mini-batch, reducible across ranks."""
+
+    def __init__(self):
+        self.sums = torch.zeros(NUM_DECILES, dtype=torch.float64)
+        self.counts = torch.zeros(NUM_DECILES, dtype=torch.float64)
+
+    def add(self, mass: torch.Tensor, valid: torch.Tensor) -> None:
+        sums, counts = sums_by_decile(mass.detach().cpu(), valid.cpu())
+        self.sums += sums
+        self.counts += counts
+
+    def packed(self) -> torch.Tensor:
+        """One flat float64 tensor to all-reduce (sums, then counts)."""
+        return torch.cat([self.sums, self.counts])
+
+    @staticmethod
+    def metrics_from(packed: torch.Tensor) -> dict[str, float]:
+        """``mapo/audio_mass``, ``mapo/audio_mass/decile_k`` and ``mapo/audio_mass/late_early_ratio``."""
+        sums, counts = packed.detach().cpu().double().split(NUM_DECILES)
+        metrics = {}
+        if float(counts.sum()) > 0:
+            metrics["mapo/audio_mass"] = float(sums.sum() / counts.sum())
+        metrics.update(decile_metrics("mapo/audio_mass", sums, counts))
+        ratio = late_early_ratio(sums, counts)
+        if ratio is not None:
+            metrics["mapo/audio_mass/late_early_ratio"] = ratio
+        return metrics

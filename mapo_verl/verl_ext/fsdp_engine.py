@@ -1,0 +1,213 @@
+"""veRL 0.9.1 FSDP engine with MAPO's attention loss (spec §2 ``η·L_attn``, §4).
+
+:class:`MAPOFSDPEngineWithLMHead` is veRL's ``FSDPEngineWithLMHead`` plus, during the policy
+update only (``forward_only=False``) and only when ``η > 0``:
+
+1. :class:`mapo_verl.hf.AudioMassProbe` hooks on the configured decoder layers record the
+   audio mass ``a`` of every position by the indicator-V trick (one extra attention
+   forward/backward per hooked layer, no ``S×S`` tensor);
+2. the masses are mapped to response positions exactly as veRL maps ``log_probs``
+   (:func:`verl.workers.utils.padding.no_padding_2_padding`): ``a_t`` is the mass of the
+   query that predicts response token ``t``, so it lines up with ``advantages`` and with the
+   trainer's ``mapo_attn_coef`` / ``mapo_attn_gate``;
+3. ``η · L_attn`` (:func:`mapo_verl.core.attention_objective_from_coefficients`) is added to
+   the loss veRL's ``ppo_loss`` returns, with normalisers counted over the whole mini-batch
+   and all data-parallel ranks, so the gradient does not depend on the micro-batch split.
+
+With ``η = 0`` (or a policy-loss config without the ``mapo`` section) every call goes
+straight to the parent: bit-identical losses and gradients.
+
+η, layers, reductions and ε come from ``actor_rollout_ref.actor.policy_loss.mapo.attention``
+(:class:`mapo_verl.config.AttentionLossConfig`), read from the ``config`` that veRL binds to
+its loss function (``functools.partial(ppo_loss, config=actor_config)``), so a
+hyper-parameter has one home. The audio keys are the positions where ``input_ids`` equals the
+model's audio token id. Rows without any audio token are left out of the branch (their
+coefficients are ignored and they do not count in ``G`` / ``N``).
+
+Metrics: ``mapo/attn_loss`` (``L_attn`` without η, per micro-batch, summed like
+``actor/pg_loss``), ``mapo/audio_mass`` (token mean over the response tokens of rows with
+audio), ``mapo/audio_mass/decile_<k>`` (by relative response position ``(t-1)/T`` in tenths)
+and ``mapo/audio_mass/late_early_ratio`` (mean mass over the last 20 % of response positions
+divided by that over the first 20 %; < 1 means the response listens less as it goes on).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed
+from tensordict import TensorDict
+from verl.utils import tensordict_utils as tu
+from verl.utils.device import get_device_id
+from verl.utils.metric import AggregationType, Metric
+from verl.workers.engine.base import EngineRegistry
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+from verl.workers.utils.padding import no_padding_2_padding
+
+from mapo_verl.audio_inputs import audio_token_id
+from mapo_verl.config import CONFIG_PREFIX, AttentionLossConfig
+from mapo_verl.core import attention_objective_from_coefficients
+from mapo_verl.hf import AudioMassProbe, MassCapture
+from mapo_verl.verl_ext.attention_branch import (
+    COEF_FIELD,
+    GATE_FIELD,
+    MAPO_ENGINE_VENDOR,
+    MassStatistics,
+    bound_configs,
+    branch_masks,
+    check_coefficients,
+    dense_response_field,
+    global_branch_counts,
+    require_attention_fields,
+)
+
+__all__ = ["MAPOFSDPEngineWithLMHead"]
+
+
+def _response_width(data: TensorDict) -> int:
+    """The micro-batch's padded response width (veRL's ``response_mask`` layout)."""
+    mask = data["response_mask"]
+    return mask.to_padded_tensor(0).shape[-1] if mask.is_nested else mask.shape[-1]
+
+
+@dataclass
+class _AttentionStep:
+    """What one ``forward_backward_batch`` of the policy update needs across its micro-batches."""
+
+    config: AttentionLossConfig
+    loss_agg_mode: str
+    horizon: int | None
+    audio_token_id: int
+    num_sequences: float
+    num_tokens: float
+    capture: MassCapture | None = None
+    pad_size: int = 0
+    padded_attention_mask: torch.Tensor | None = None
+    statistics: MassStatistics = field(default_factory=MassStatistics)
+
+    def mass_metrics(self, dp_group) -> dict[str, Metric]:
+        """Global (all dp ranks) audio-mass metrics of this mini-batch; one collective."""
+        totals = self.statistics.packed().to(get_device_id())
+        torch.distributed.all_reduce(totals, op=torch.distributed.ReduceOp.SUM, group=dp_group)
+        return {
+            key: Metric(aggregation=AggregationType.MEAN, value=value)
+            for key, value in MassStatistics.metrics_from(totals).items()
+        }
+
+
+@EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device=["cuda", "npu"],
+                         vendor=MAPO_ENGINE_VENDOR)
+class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
+    """veRL's FSDP actor engine plus MAPO's attention loss during the policy update."""
+
+    supports_mapo_attention_loss = True
+    _mapo_probes: dict | None = None
+    _mapo_step: _AttentionStep | None = None
+
+    # --- batch level -------------------------------------------------------------------
+
+    def forward_backward_batch(self, data: TensorDict, loss_function, forward_only=False):
+        configs = None if forward_only else bound_configs(loss_function)
+        if configs is None or not configs[1].attention.enabled:
+            return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
+        actor_config, attention = configs[0], configs[1].attention
+        step = self._begin_attention_step(data, actor_config, attention)
+        with self._probe(attention).installed():
+            self._mapo_step = step
+            try:
+                output = super().forward_backward_batch(data, loss_function, forward_only=forward_only)
+            finally:
+                self._mapo_step = None
+        output["metrics"].update(step.mass_metrics(self.get_data_parallel_group()))
+        return output
+
+    def _probe(self, attention: AttentionLossConfig) -> AudioMassProbe:
+        key = (tuple(attention.layers), attention.head_reduce)
+        if self._mapo_probes is None:
+            self._mapo_probes = {}
+        if key not in self._mapo_probes:
+            self._mapo_probes[key] = AudioMassProbe(self.module, attention.layers, head_reduce=attention.head_reduce)
+        return self._mapo_probes[key]
+
+    def _begin_attention_step(self, data: TensorDict, actor_config, attention: AttentionLossConfig) -> _AttentionStep:
+        if self.ulysses_sequence_parallel_size > 1:
+            raise NotImplementedError(
+                f"{CONFIG_PREFIX}.attention.coef > 0 is not supported with Ulysses sequence parallelism "
+                f"(ulysses_sequence_parallel_size={self.ulysses_sequence_parallel_size}): the audio-key mask would "
+                "have to follow the sequence sharding inside the model; use sequence parallel size 1"
+            )
+        if tu.get_non_tensor_data(data=data, key="distillation_use_topk", default=False):
+            raise NotImplementedError(f"{CONFIG_PREFIX}.attention.coef > 0 cannot be combined with top-k distillation")
+        require_attention_fields(data, attention.coef)
+        audio_id = audio_token_id(self.module)
+        valid, gated = branch_masks(data, audio_id, _response_width(data))
+        check_coefficients(data, gated)
+        # G counts the responses the branch applies to (as core.attention_objective), N the gated tokens.
+        num_sequences, num_tokens = global_branch_counts(valid, gated, self.get_data_parallel_group(),
+                                                         get_device_id())
+        return _AttentionStep(
+            config=attention,
+            loss_agg_mode=actor_config.loss_agg_mode,
+            horizon=getattr(actor_config, "loss_scale_factor", None),
+            audio_token_id=audio_id,
+            num_sequences=num_sequences,
+            num_tokens=num_tokens,
+        )
+
+    # --- micro-batch level ---------------------------------------------------------------
+
+    def prepare_model_inputs(self, micro_batch: TensorDict):
+        model_inputs, output_args = super().prepare_model_inputs(micro_batch)
+        step = self._mapo_step
+        if step is not None:
+            input_ids = model_inputs["input_ids"]
+            audio = input_ids == step.audio_token_id
+            attention_mask = model_inputs.get("attention_mask")
+            if attention_mask is not None:  # padded layout [B, S]
+                audio &= attention_mask.bool()
+            step.pad_size = int(output_args.get("pad_size", 0))
+            if step.pad_size:  # packed layout: veRL's bucket padding is never audio
+                audio[..., -step.pad_size:] = False
+            step.padded_attention_mask = attention_mask
+            step.capture = self._probe(step.config).begin(audio)
+        return model_inputs, output_args
+
+    def forward_step(self, micro_batch: TensorDict, loss_function, forward_only):
+        if self._mapo_step is None or forward_only:
+            return super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
+        with_attention = functools.partial(self._loss_with_attention, loss_function, self._mapo_step)
+        return super().forward_step(micro_batch, loss_function=with_attention, forward_only=forward_only)
+
+    def _response_mass(self, step: _AttentionStep, data: TensorDict) -> torch.Tensor:
+        """``a`` of this micro-batch at response positions ``[B, T]``, aligned like ``log_probs``."""
+        mass = step.capture.mass(step.config.layer_reduce)
+        if step.padded_attention_mask is None:  # packed [1, total_nnz + pad]
+            values = self._gather_and_unpad_packed(mass[0], step.pad_size)
+        else:  # padded [B, max_len], right-padded rows
+            values = mass[step.padded_attention_mask.bool()]
+        return no_padding_2_padding(values, data)
+
+    def _loss_with_attention(self, loss_function, step: _AttentionStep, *, model_output, data: TensorDict,
+                             dp_group=None):
+        loss, metrics = loss_function(model_output=model_output, data=data, dp_group=dp_group)
+        width = _response_width(data)
+        mass = dense_response_field(self._response_mass(step, data), width, "audio mass")
+        # veRL's seq-mean-token-sum-norm divides by loss_scale_factor, else by its padded response width.
+        horizon = step.horizon if step.horizon is not None else width
+        valid, gated = branch_masks(data, step.audio_token_id, width)
+        attn_loss = attention_objective_from_coefficients(
+            mass,
+            dense_response_field(data[COEF_FIELD], width, COEF_FIELD),
+            gated,
+            eps=step.config.eps,
+            loss_agg_mode=step.loss_agg_mode,
+            num_sequences=step.num_sequences,
+            num_tokens=step.num_tokens,
+            horizon=horizon,
+            dp_size=data["dp_size"],
+        )
+        step.statistics.add(mass, valid)
+        metrics["mapo/attn_loss"] = Metric(value=attn_loss.detach(), aggregation=AggregationType.SUM)
+        return loss + step.config.coef * attn_loss, metrics
