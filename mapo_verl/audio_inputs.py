@@ -1,7 +1,10 @@
-"""Removing the audio from a sample's model inputs, for the audio-ablated pass (spec §4).
+"""What MAPO knows about audio model inputs (pure torch, no veRL import).
 
-Pure torch, per sample, on veRL's ``multi_modal_inputs`` dicts (what the processor
-returned for the sample). Three modes:
+- the audio keys of a sample's ``multi_modal_inputs`` (what the processor returned) and of
+  the model call (:data:`AUDIO_MODEL_KEYS`), and the audio placeholder token id of a model
+  config (:func:`audio_token_id`);
+- removing the audio for the audio-ablated pass (spec §4), :func:`ablate_audio`, per
+  sample, in three modes:
 
 - ``drop`` (the authors'): remove the audio feature keys; the audio placeholder tokens
   stay in ``input_ids`` (so response positions and rope positions stay aligned) and keep
@@ -19,12 +22,34 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["AUDIO_FEATURE_KEYS", "AUDIO_MASK_KEYS", "ABLATION_MODES", "has_audio", "ablate_audio"]
+__all__ = [
+    "AUDIO_FEATURE_KEYS",
+    "AUDIO_MASK_KEYS",
+    "AUDIO_MODEL_KEYS",
+    "ABLATION_MODES",
+    "audio_token_id",
+    "has_audio",
+    "ablate_audio",
+]
 
 # Keys that carry audio signal (features) and the ones that describe it (masks, lengths).
 AUDIO_FEATURE_KEYS = ("input_features",)
 AUDIO_MASK_KEYS = ("feature_attention_mask", "audio_feature_lengths")
+AUDIO_MODEL_KEYS = AUDIO_FEATURE_KEYS + AUDIO_MASK_KEYS
 ABLATION_MODES = ("drop", "zero", "noise")
+
+
+def audio_token_id(config_or_model) -> int:
+    """The audio placeholder id of an HF config or model (``audio_token_id`` / ``audio_token_index``,
+    at the top level or in an Omni ``thinker_config``)."""
+    config = getattr(config_or_model, "config", config_or_model)
+    for source in (config, getattr(config, "thinker_config", None)):
+        for name in ("audio_token_id", "audio_token_index"):
+            value = getattr(source, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    raise ValueError(f"{type(config_or_model).__name__} has no audio_token_id / audio_token_index (nor in "
+                     "thinker_config): MAPO's attention loss needs the audio placeholder id to find audio keys")
 
 
 def has_audio(inputs: Mapping[str, Any] | None) -> bool:

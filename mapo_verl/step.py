@@ -137,5 +137,5 @@ def relevance_metrics(relevance: BatchRelevance, cap: float) -> dict[str, float]
     metrics.update(decile_metrics("mapo/delta_h", sums, counts))
     ratio = late_early_ratio(sums, counts)
     if ratio is not None:
-        metrics["mapo/delta_h_late_early_ratio"] = ratio
+        metrics["mapo/delta_h/late_early_ratio"] = ratio
     return metrics

@@ -12,9 +12,12 @@ import torch
 
 from mapo_verl.core.checks import as_bool_mask
 
-__all__ = ["NUM_DECILES", "position_deciles", "sums_by_decile", "decile_metrics", "late_early_ratio"]
+__all__ = ["NUM_DECILES", "LATE_EARLY_DECILES", "position_deciles", "sums_by_decile", "decile_metrics",
+           "late_early_ratio"]
 
 NUM_DECILES = 10
+# late/early ratios compare the last and the first 20 % of response positions
+LATE_EARLY_DECILES = 2
 
 
 def position_deciles(response_mask: torch.Tensor) -> torch.Tensor:
@@ -45,11 +48,16 @@ def decile_metrics(prefix: str, sums: torch.Tensor, counts: torch.Tensor) -> dic
 
 
 def late_early_ratio(sums: torch.Tensor, counts: torch.Tensor) -> float | None:
-    """Mean over the last three deciles divided by the mean over the first three (None if undefined)."""
-    early_n, late_n = counts[:3].sum(), counts[-3:].sum()
+    """Mean over the last :data:`LATE_EARLY_DECILES` deciles over the mean of the first ones.
+
+    Below 1: late response tokens carry less of the quantity than early ones (collapse).
+    ``None`` when either window is empty or the early mean is 0.
+    """
+    window = LATE_EARLY_DECILES
+    early_n, late_n = counts[:window].sum(), counts[-window:].sum()
     if float(early_n) == 0 or float(late_n) == 0:
         return None
-    early = sums[:3].sum() / early_n
+    early = sums[:window].sum() / early_n
     if float(early) == 0:
         return None
-    return float((sums[-3:].sum() / late_n) / early)
+    return float((sums[-window:].sum() / late_n) / early)

@@ -129,8 +129,8 @@ def _plot_histogram(plt, steps, path: pathlib.Path):
 
 def _plot_over_steps(plt, steps, path: pathlib.Path):
     series = {
-        "mapo/audio_mass_late_early_ratio": "audio mass late/early",
-        "mapo/delta_h_late_early_ratio": "Δh late/early",
+        "mapo/audio_mass/late_early_ratio": "audio mass late/early",
+        "mapo/delta_h/late_early_ratio": "Δh late/early",
         "mapo/attn_loss": "attention loss",
     }
     present = {k: v for k, v in series.items() if any(k in steps[s] for s in steps)}
@@ -188,11 +188,11 @@ def write_report(source: str | pathlib.Path, out_dir: str | pathlib.Path) -> pat
         "| metric (last step) | value |",
         "|---|---|",
     ]
-    for key in ("mapo/audio_mass_late_early_ratio", "mapo/delta_h_late_early_ratio", "mapo/attn_loss",
-                "mapo/audio_mass_mean", "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_capped_frac",
+    for key in ("mapo/audio_mass/late_early_ratio", "mapo/delta_h/late_early_ratio", "mapo/attn_loss",
+                "mapo/audio_mass", "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_capped_frac",
                 "mapo/ablated_over_old_log_prob"):
         lines.append(f"| `{key}` | {_fmt(last.get(key))} |")
-    ratio = last.get("mapo/audio_mass_late_early_ratio")
+    ratio = last.get("mapo/audio_mass/late_early_ratio")
     lines += ["", "A late/early ratio below 1 means late response tokens attend to the audio (or depend on it) "
               "less than early ones: the signature of late-stage modality collapse."]
     if ratio is not None:

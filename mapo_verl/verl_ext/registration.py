@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 _registered = False
 
 
 def register_all() -> None:
-    """Register the ``mapo`` estimator and trainer, install the launch-time config check. Idempotent."""
+    """Register MAPO's estimator, trainer and engines, apply the patches, install the config check.
+
+    Idempotent. The Megatron engine is registered only where megatron-core is installed.
+    """
     global _registered
     if _registered:
         return
@@ -17,8 +22,11 @@ def register_all() -> None:
     register_cpu_backend()  # no-op unless VERL_PLATFORM=cpu (dry runs and CI)
     apply_audio_model_patches()
     from mapo_verl.verl_ext import advantage  # noqa: F401  (registers adv_estimator "mapo")
+    from mapo_verl.verl_ext import fsdp_engine  # noqa: F401  (FSDP engine, vendor "mapo")
     from mapo_verl.verl_ext import trainer  # noqa: F401  (registers trainer_mode "mapo")
     from mapo_verl.verl_ext.validation import install_config_check
 
+    if importlib.util.find_spec("megatron") is not None and importlib.util.find_spec("megatron.core") is not None:
+        from mapo_verl.megatron import engine  # noqa: F401  (Megatron engine, vendor "mapo")
     install_config_check()
     _registered = True

@@ -29,6 +29,7 @@ from mapo_verl.config import mapo_config_from
 from mapo_verl.pos_gate import PartOfSpeechGate
 from mapo_verl.step import attention_fields_for_batch, relevance_for_batch, relevance_metrics
 from mapo_verl.verl_ext.advantage import RelevanceInputs, provide_relevance
+from mapo_verl.verl_ext.attention_branch import COEF_FIELD, GATE_FIELD
 from mapo_verl.verl_ext.validation import MAPO_TRAINER_MODE
 from mapo_verl.verl_ext.worker import (
     ABLATED_ENTROPY_FIELD,
@@ -37,10 +38,8 @@ from mapo_verl.verl_ext.worker import (
     MAPOActorRolloutRefWorker,
 )
 
-__all__ = ["MAPOTrainer", "ATTENTION_COEF_FIELD", "ATTENTION_GATE_FIELD"]
+__all__ = ["MAPOTrainer"]
 
-ATTENTION_COEF_FIELD = "mapo_attn_coef"
-ATTENTION_GATE_FIELD = "mapo_attn_gate"
 _WORKER_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef, Role.RefPolicy)
 
 
@@ -174,12 +173,19 @@ class MAPOTrainer(PPOTrainerSync):
             metrics["mapo/attn_gated_token_frac"] = float(gate.sum() / relevance.response_mask.sum().clamp(min=1))
             output = TensorDict(
                 {
-                    ATTENTION_COEF_FIELD: response_to_nested(coefficients, nested_response_mask),
-                    ATTENTION_GATE_FIELD: response_to_nested(gate.to(torch.int64), nested_response_mask),
+                    COEF_FIELD: response_to_nested(coefficients, nested_response_mask),
+                    GATE_FIELD: response_to_nested(gate.to(torch.int64), nested_response_mask),
                 },
                 batch_size=len(batch),
             )
             batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+        return batch
+
+    def _update_actor(self, batch, metrics):
+        batch = super()._update_actor(batch, metrics)
+        # veRL prefixes every engine metric with "actor/"; MAPO's keep their own namespace.
+        for key in [k for k in metrics if k.startswith("actor/mapo/")]:
+            metrics[key.removeprefix("actor/")] = metrics.pop(key)
         return batch
 
     def _content_word_gate(self, data: TensorDict) -> torch.Tensor | None:

@@ -12,6 +12,7 @@ import sys
 from mapo_verl.config import CONFIG_PREFIX, MAPOPolicyLossConfig, mapo_config_from
 from mapo_verl.core import LOSS_AGG_MODES
 from mapo_verl.verl_ext.advantage import MAPO_ESTIMATOR
+from mapo_verl.verl_ext.recipe_checks import check_launch_consistency
 
 __all__ = ["MAPO_TRAINER_MODE", "check_mapo_config", "install_config_check"]
 
@@ -76,7 +77,8 @@ def check_mapo_config(config) -> None:
 
 
 def install_config_check() -> None:
-    """Run :func:`check_mapo_config` after veRL's own ``validate_config``."""
+    """Run :func:`check_mapo_config` and the size checks of :mod:`~mapo_verl.verl_ext.recipe_checks` before
+    veRL's own ``validate_config`` (whose bare asserts would otherwise report size mismatches first)."""
     import verl.utils.config as verl_config
 
     original = verl_config.validate_config
@@ -85,9 +87,9 @@ def install_config_check() -> None:
 
     @functools.wraps(original)
     def validate_config(config, *args, **kwargs):
-        result = original(config, *args, **kwargs)
         check_mapo_config(config)
-        return result
+        check_launch_consistency(config)
+        return original(config, *args, **kwargs)
 
     validate_config.__mapo_wrapped__ = True
     verl_config.validate_config = validate_config

@@ -5,9 +5,10 @@
   batch with the audio removed (:func:`mapo_verl.ablation.ablate_audio`), returning the
   entropies at the rollout temperature. It reuses the worker's existing engine, its
   micro-batching and dynamic batch sizes: no extra model copy.
-- the actor's engine is MAPO's (attention-loss hooks) where one is registered for the
-  backend: engines registered in veRL's ``EngineRegistry`` under the vendor key
-  :data:`MAPO_ENGINE_VENDOR` are picked for the actor; other roles keep veRL's engines.
+- the actor's and the reference's engines are MAPO's where one is registered for the
+  backend (veRL's ``EngineRegistry`` under the vendor key :data:`MAPO_ENGINE_VENDOR`):
+  they carry the audio features into the forward (veRL's Megatron engine passes only
+  image/video keys) and, for the actor's update, the attention-loss hooks.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from contextlib import contextmanager
 
 import torch
 from tensordict import TensorDict
-from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
+from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 
-from mapo_verl.ablation import ablate_audio, has_audio
+from mapo_verl.audio_inputs import ablate_audio, has_audio
+from mapo_verl.config import CONFIG_PREFIX, mapo_config_from
+from mapo_verl.verl_ext.attention_branch import MAPO_ENGINE_VENDOR
 
 __all__ = [
-    "MAPO_ENGINE_VENDOR",
     "ABLATION_REQUEST_KEYS",
     "ABLATED_ENTROPY_FIELD",
     "HAS_AUDIO_FIELD",
@@ -33,7 +35,6 @@ __all__ = [
     "ablate_batch",
 ]
 
-MAPO_ENGINE_VENDOR = "mapo"
 ABLATED_ENTROPY_FIELD = "mapo_ablated_entropy"
 HAS_AUDIO_FIELD = "mapo_has_audio"
 # Non-tensor request entries the trainer puts into the batch's extra_info.
@@ -106,6 +107,21 @@ class MAPOActorRolloutRefWorker(ActorRolloutRefWorker):
     """ActorRolloutRefWorker with MAPO's actor engine and the audio-ablated pass."""
 
     actor_worker_cls = MAPOTrainingWorker
+    ref_worker_cls = MAPOTrainingWorker
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self):
+        super().init_model()
+        if self.actor is None:
+            return
+        attention = mapo_config_from(self.config.actor).attention
+        engine = self.actor.engine
+        if attention.enabled and not getattr(engine, "supports_mapo_attention_loss", False):
+            raise RuntimeError(
+                f"{CONFIG_PREFIX}.attention.coef={attention.coef} > 0 but the actor engine is "
+                f"{type(engine).__name__}, which has no attention-loss hooks: MAPO registers engines for "
+                "fsdp/fsdp2 and megatron (vendor 'mapo'); the loss would be silently ignored"
+            )
 
     def _run_ablated(self, engine_worker: TrainingWorker, data: TensorDict) -> TensorDict | None:
         flags = ablate_batch(data)

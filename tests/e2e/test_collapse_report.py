@@ -15,7 +15,7 @@ def write_run(path, steps=5):
             data.update({f"mapo/delta_h/decile_{k}": 2.0 - 0.1 * k for k in range(9)})  # decile 9 empty
             data.update({f"mapo/omega_hist/bin_{k}": 0.1 for k in range(10)})
             data.update({"mapo/omega_hist/upper": 5.0, "mapo/attn_loss": 3.0 - 0.1 * step,
-                         "mapo/audio_mass_late_early_ratio": 0.5 + 0.05 * step, "actor/pg_loss": 0.1,
+                         "mapo/audio_mass/late_early_ratio": 0.5 + 0.05 * step, "actor/pg_loss": 0.1,
                          "mapo/note": "strings are skipped"})
             handle.write(json.dumps({"step": step, "data": data}) + "\n")
 

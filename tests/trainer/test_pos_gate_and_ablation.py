@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mapo_verl.ablation import ablate_audio, has_audio
+from mapo_verl.audio_inputs import ablate_audio, has_audio
 from mapo_verl.core import position_deciles, sums_by_decile
 from mapo_verl.pos_gate import LexiconTagger, PartOfSpeechGate, build_tagger, words_of_tokens
 

@@ -58,7 +58,7 @@ def test_metrics_show_the_collapse_curve():
     metrics = relevance_metrics(relevance, cap=5.0)
     assert metrics["mapo/audio_sample_frac"] == 1.0
     assert metrics["mapo/delta_h/decile_0"] > metrics["mapo/delta_h/decile_9"]
-    assert metrics["mapo/delta_h_late_early_ratio"] < 1.0
+    assert metrics["mapo/delta_h/late_early_ratio"] < 1.0
     assert metrics["mapo/omega_min"] <= metrics["mapo/omega_mean"] <= metrics["mapo/omega_max"] <= 5.0
     assert metrics["mapo/delta_h_mean"] == pytest.approx(float((h_abl - h_pol)[mask.bool()].mean()), rel=1e-5)
     assert all(isinstance(v, float) for v in metrics.values())
