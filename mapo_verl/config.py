@@ -49,6 +49,7 @@ AUTHORS_VERL_SETTINGS: dict[str, Any] = {
     "actor_rollout_ref.rollout.temperature": 1.0,
     "actor_rollout_ref.rollout.top_p": 0.99,
     "actor_rollout_ref.rollout.top_k": 50,
+    "actor_rollout_ref.rollout.repetition_penalty": 1.2,  # applied by mapo_verl.patches.agent_loop
 }
 
 

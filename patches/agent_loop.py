@@ -1,4 +1,4 @@
-"""Audio features for training, computed and checked per sample, in veRL's agent loop.
+"""Audio features per sample, and the configured repetition penalty, in veRL's agent loop.
 
 After a rollout, veRL 0.9.1's ``AgentLoopWorker._compute_multi_modal_inputs`` recomputes
 the processor features for the trajectory by decoding ``input_ids`` with
@@ -9,6 +9,11 @@ decode drops the audio placeholders, and Qwen2-Audio's processor then rejects th
 clips alone (:func:`audio_processor_inputs`), other modalities still go through veRL's
 code, and the sample's placeholder count is checked against the features, naming the
 sample (uid, rollout session, dataset index) on mismatch.
+
+veRL 0.9.1's agent loops also send ``repetition_penalty=1.0`` to the rollout server
+whatever ``actor_rollout_ref.rollout.repetition_penalty`` says; training rollouts here get
+the configured value (the authors sample with 1.2), validation keeps veRL's ``val_kwargs``
+behaviour.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from mapo_verl.patches.audio_models import (
     check_audio_placeholders,
 )
 
-__all__ = ["install", "AGENT_LOOP_MODULE"]
+__all__ = ["install", "AGENT_LOOP_MODULE", "with_configured_repetition_penalty"]
 
 AGENT_LOOP_MODULE = "verl.experimental.agent_loop.agent_loop"
 
@@ -36,9 +41,19 @@ def _describe_sample(trajectory: dict, kwargs: dict) -> str:
     return "sample " + ", ".join(parts)
 
 
+def with_configured_repetition_penalty(sampling_params: dict, penalty: float, validate: bool) -> dict:
+    """``sampling_params`` with the rollout config's repetition penalty on training rollouts."""
+    if validate or penalty == sampling_params.get("repetition_penalty", 1.0):
+        return sampling_params
+    return {**sampling_params, "repetition_penalty": penalty}
+
+
 def _wrap_run_agent_loop(original):
     @functools.wraps(original)
     async def _run_agent_loop(self, sampling_params, trajectory, **kwargs):
+        sampling_params = with_configured_repetition_penalty(
+            sampling_params, float(self.rollout_config.repetition_penalty), bool(trajectory.get("validate", False))
+        )
         token = _SAMPLE.set(_describe_sample(trajectory, kwargs))
         try:
             return await original(self, sampling_params, trajectory, **kwargs)

@@ -208,6 +208,7 @@ def _worker(processor):
     return types.SimpleNamespace(
         processor=processor, tokenizer=processor.tokenizer,
         _get_mm_processor_kwargs=lambda audios: {"sampling_rate": 16000},
+        rollout_config=types.SimpleNamespace(repetition_penalty=1.0),
     )
 
 
@@ -321,3 +322,14 @@ def test_patches_refuse_an_untested_verl(monkeypatch):
     monkeypatch.setattr(verl, "__version__", "0.9.2")
     with pytest.raises(UnsupportedVerlVersionError, match="verl==0.9.1"):
         require_tested_verl()
+
+
+def test_training_rollouts_get_the_configured_repetition_penalty():
+    from mapo_verl.patches.agent_loop import with_configured_repetition_penalty
+
+    veRL_params = {"temperature": 1.0, "top_p": 0.99, "top_k": 50, "repetition_penalty": 1.0}
+    trained = with_configured_repetition_penalty(veRL_params, 1.2, validate=False)
+    assert trained["repetition_penalty"] == 1.2 and trained["top_k"] == 50
+    assert veRL_params["repetition_penalty"] == 1.0  # the shared dict of the other sessions is untouched
+    assert with_configured_repetition_penalty(veRL_params, 1.2, validate=True) is veRL_params
+    assert with_configured_repetition_penalty(veRL_params, 1.0, validate=False) is veRL_params
