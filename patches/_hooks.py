@@ -13,7 +13,7 @@ import threading
 from types import ModuleType
 from typing import Callable
 
-__all__ = ["when_imported"]
+__all__ = ["when_imported", "replace_function"]
 
 _lock = threading.Lock()
 _pending: dict[str, list[Callable[[ModuleType], None]]] = {}
@@ -68,3 +68,29 @@ def when_imported(module_name: str, patch: Callable[[ModuleType], None]) -> None
         _pending.setdefault(module_name, []).append(patch)
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)
+
+
+def replace_function(home: str, name: str, wrap: Callable[[Callable], Callable], importers: tuple[str, ...] = ()) -> None:
+    """Replace ``<home>.<name>`` by ``wrap(original)`` once ``home`` is imported.
+
+    Modules in ``importers`` that did ``from <home> import <name>`` hold their own reference;
+    each is rebound too (now, or when it is imported). The patched function keeps the
+    original as ``__mapo_original__``; patching twice is a no-op.
+    """
+
+    def patch_home(module: ModuleType) -> None:
+        original = getattr(module, name)
+        if hasattr(original, "__mapo_original__"):
+            return
+        patched = wrap(original)
+        patched.__mapo_original__ = original
+        setattr(module, name, patched)
+
+        def rebind(other: ModuleType) -> None:
+            if getattr(other, name, None) is original:
+                setattr(other, name, patched)
+
+        for importer in importers:
+            when_imported(importer, rebind)
+
+    when_imported(home, patch_home)

@@ -38,17 +38,11 @@ def _wrap(original):
     def _select_fsdp2_wrap_targets(model, fsdp_transformer_layer_cls_to_wrap):
         return descendants_first(model, original(model, fsdp_transformer_layer_cls_to_wrap))
 
-    _select_fsdp2_wrap_targets.__mapo_original__ = original
     return _select_fsdp2_wrap_targets
-
-
-def _patch(module) -> None:
-    if not hasattr(module._select_fsdp2_wrap_targets, "__mapo_original__"):
-        module._select_fsdp2_wrap_targets = _wrap(module._select_fsdp2_wrap_targets)
 
 
 def install() -> None:
     """Patch ``verl.utils.fsdp_utils._select_fsdp2_wrap_targets`` when veRL imports it."""
-    from mapo_verl.patches._hooks import when_imported
+    from mapo_verl.patches._hooks import replace_function
 
-    when_imported("verl.utils.fsdp_utils", _patch)
+    replace_function("verl.utils.fsdp_utils", "_select_fsdp2_wrap_targets", _wrap)

@@ -27,17 +27,11 @@ def _wrap(original):
             return AutoModelForMultimodalLM
         return original(hf_config)
 
-    get_hf_auto_model_class.__mapo_original__ = original
     return get_hf_auto_model_class
-
-
-def _patch(module) -> None:
-    if not hasattr(module.get_hf_auto_model_class, "__mapo_original__"):
-        module.get_hf_auto_model_class = _wrap(module.get_hf_auto_model_class)
 
 
 def install() -> None:
     """Patch ``verl.utils.model.get_hf_auto_model_class`` (its callers import it at call time)."""
-    from mapo_verl.patches._hooks import when_imported
+    from mapo_verl.patches._hooks import replace_function
 
-    when_imported("verl.utils.model", _patch)
+    replace_function("verl.utils.model", "get_hf_auto_model_class", _wrap)

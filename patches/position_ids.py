@@ -51,24 +51,11 @@ def _wrap(original):
                 data["position_ids"] = fixed
         return original(data)
 
-    maybe_fix_3d_position_ids.__mapo_original__ = original
     return maybe_fix_3d_position_ids
 
 
 def install() -> None:
     """Replace ``maybe_fix_3d_position_ids`` in veRL's modules (now, or when they are imported)."""
-    import verl.utils.tensordict_utils as tensordict_utils
+    from mapo_verl.patches._hooks import replace_function
 
-    from mapo_verl.patches._hooks import when_imported
-
-    original = tensordict_utils.maybe_fix_3d_position_ids
-    if hasattr(original, "__mapo_original__"):
-        return
-    patched = _wrap(original)
-
-    def rebind(module):
-        if getattr(module, "maybe_fix_3d_position_ids", None) is original:
-            module.maybe_fix_3d_position_ids = patched
-
-    for name in _IMPORTERS:
-        when_imported(name, rebind)
+    replace_function("verl.utils.tensordict_utils", "maybe_fix_3d_position_ids", _wrap, _IMPORTERS)

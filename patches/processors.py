@@ -126,24 +126,11 @@ def _wrap(original):
             return original(name_or_path, **kwargs)
         return load_audio_processor(name_or_path, family, config, **kwargs)
 
-    hf_processor.__mapo_original__ = original
     return hf_processor
 
 
 def install() -> None:
     """Replace ``hf_processor`` in veRL's tokenizer module and in every module that imported it."""
-    from mapo_verl.patches._hooks import when_imported
+    from mapo_verl.patches._hooks import replace_function
 
-    import verl.utils.tokenizer.tokenizer as tokenizer_module
-
-    original = tokenizer_module.hf_processor
-    if hasattr(original, "__mapo_original__"):
-        return
-    patched = _wrap(original)
-
-    def rebind(module):
-        if getattr(module, "hf_processor", None) is original:
-            module.hf_processor = patched
-
-    for name in _IMPORTERS:
-        when_imported(name, rebind)
+    replace_function("verl.utils.tokenizer.tokenizer", "hf_processor", _wrap, _IMPORTERS)

@@ -94,7 +94,7 @@ def build_feature_extractor():
     )
 
 
-def _omni_processor(tokenizer):
+def omni_processor(tokenizer):
     from transformers import Qwen2_5OmniProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.video_processing_utils import BaseVideoProcessor
@@ -113,23 +113,25 @@ def _omni_processor(tokenizer):
     )
 
 
-def _thinker_config(tokenizer):
+def thinker_config(tokenizer, scale: int = 1):
+    """The demo thinker's config; ``scale`` multiplies widths and depths (benchmarks use > 1)."""
     from transformers import Qwen2_5OmniThinkerConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in AUDIO_SPECIAL_TOKENS.items()}
     vocab_size = len(tokenizer)
-    hidden, heads = 64, 4
+    hidden, heads = 64 * scale, 4
     head_dim = hidden // heads
     text_config = {
         "vocab_size": vocab_size,
         "hidden_size": hidden,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
+        "intermediate_size": 128 * scale,
+        "num_hidden_layers": 2 * scale,
         "num_attention_heads": heads,
         "num_key_value_heads": 2,
         "max_position_embeddings": 1024,
         # multimodal RoPE: temporal/height/width sections must sum to head_dim / 2
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                            "mrope_section": [2 * scale, 3 * scale, 3 * scale]},
         "tie_word_embeddings": False,
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -138,10 +140,10 @@ def _thinker_config(tokenizer):
     return Qwen2_5OmniThinkerConfig(
         audio_config={
             "num_mel_bins": 128,
-            "encoder_layers": 1,
+            "encoder_layers": scale,
             "encoder_attention_heads": 2,
-            "encoder_ffn_dim": 64,
-            "d_model": 32,
+            "encoder_ffn_dim": 64 * scale,
+            "d_model": 32 * scale,
             # positions after the stride-2 conv of one 2*n_window-frame chunk
             "max_source_positions": 50,
             "n_window": 50,
@@ -180,8 +182,8 @@ def save_tiny_omni_thinker(path: str | Path, corpus: list[str], seed: int = 0) -
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(corpus)
-    processor = _omni_processor(tokenizer)
-    config = _thinker_config(tokenizer)
+    processor = omni_processor(tokenizer)
+    config = thinker_config(tokenizer)
     torch.manual_seed(seed)
     model = Qwen2_5OmniThinkerForConditionalGeneration(config).to(torch.float32)
     model.generation_config = GenerationConfig(

@@ -115,6 +115,7 @@ def test_mapo_metrics_appear_and_are_finite(run):
         assert not missing, f"step {step}: no {missing}"
         assert 0.0 <= metrics["mapo/audio_mass"] <= 1.0
         assert metrics["mapo/omega_max"] <= 5.0  # C_mask of the authors' launcher
+        assert metrics["mapo/abs_delta_h_mean"] > 0  # dropping the audio changed the reference's entropies
     run_dir = run["root"] / "runs" / run["recipe"]
     assert "mapo/attn_loss" in (run_dir / "metrics.jsonl").read_text()
     assert (run_dir / "collapse_report" / "audio_mass_by_position.png").is_file()
