@@ -11,7 +11,9 @@ response log-probs and the entropies at the rollout temperature.
   :func:`mapo_verl.audio_inputs.ablate_audio` (``drop`` skips the audio encoder, ``zero`` and
   ``noise`` run it on replaced features).
 
-Prints the median wall times and the ratios ``ablated / old_log_prob``, and writes JSON.
+The passes are timed in interleaved rounds (each round runs every pass once, in rotating
+order) so drifts of the machine hit all of them alike. Prints the median wall times and the
+ratios ``ablated / old_log_prob``, and writes JSON.
 
     .venv/bin/python scripts/bench_ablated_pass.py --out outputs/bench_ablated_pass.json
 """
@@ -64,14 +66,19 @@ def no_grad_pass(model, input_ids, attention_mask, features, response: int):
     return log_probs, entropy
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_medians(passes: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each pass over ``repeats`` rounds; round r starts at pass r mod n."""
+    names = list(passes)
+    for name in names:  # warm-up
+        passes[name]()
+    times = {name: [] for name in names}
+    for round_index in range(repeats):
+        for offset in range(len(names)):
+            name = names[(round_index + offset) % len(names)]
+            start = time.perf_counter()
+            passes[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -80,7 +87,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="clip length (the demo processor takes <= 2 s)")
     parser.add_argument("--response", type=int, default=128, help="response tokens per sample")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_ablated_pass.json"))
     args = parser.parse_args()
 
@@ -92,13 +99,12 @@ def main() -> None:
     model = Qwen2_5OmniThinkerForConditionalGeneration(thinker_config(tokenizer, scale=args.scale)).eval()
     input_ids, attention_mask, features = make_batch(processor, args.batch, args.seconds, args.response, seed=0)
 
-    timings = {"old_log_prob": median_seconds(
-        lambda: no_grad_pass(model, input_ids, attention_mask, features, args.response), args.repeats)}
     generator = torch.Generator().manual_seed(0)
-    for mode in ABLATION_MODES:
-        ablated = ablate_audio(features, mode, generator=generator)
-        timings[f"ablated_{mode}"] = median_seconds(
-            lambda a=ablated: no_grad_pass(model, input_ids, attention_mask, a, args.response), args.repeats)
+    inputs = {"old_log_prob": features}
+    inputs.update({f"ablated_{mode}": ablate_audio(features, mode, generator=generator) for mode in ABLATION_MODES})
+    passes = {name: (lambda f=f: no_grad_pass(model, input_ids, attention_mask, f, args.response))
+              for name, f in inputs.items()}
+    timings = interleaved_medians(passes, args.repeats)
     ratios = {key: value / timings["old_log_prob"] for key, value in timings.items() if key != "old_log_prob"}
 
     result = {
