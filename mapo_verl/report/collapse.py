@@ -93,15 +93,19 @@ def _plot_curves(plt, steps: dict[int, dict[str, float]], prefix: str, ylabel: s
     for color, step in zip(colors, chosen):
         axis.plot(positions, decile_curve(steps[step], prefix), marker="o", color=color, label=f"step {step}")
     axis.set_xlabel("relative position in the response (t / T)")
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
     axis.set_xlim(0, 1)
     axis.grid(alpha=0.3)
+    _finish(plt, figure, axis, ylabel, title, path)
+    return chosen
+
+
+def _finish(plt, figure, axis, ylabel: str, title: str, path: pathlib.Path) -> None:
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    return chosen
 
 
 def _plot_histogram(plt, steps, path: pathlib.Path):
@@ -118,12 +122,7 @@ def _plot_histogram(plt, steps, path: pathlib.Path):
         lefts = [k * width + offset * width / len(chosen) for k in range(10)]
         axis.bar(lefts, fractions, width=width / len(chosen), align="edge", label=f"step {step}", alpha=0.8)
     axis.set_xlabel("ω̃ (relevance weight)")
-    axis.set_ylabel("fraction of response tokens")
-    axis.set_title("ω̃ histogram")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _finish(plt, figure, axis, "fraction of response tokens", "ω̃ histogram", path)
     return chosen
 
 
