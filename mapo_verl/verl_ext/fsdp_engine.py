@@ -52,7 +52,6 @@ from mapo_verl.core import attention_objective_from_coefficients
 from mapo_verl.hf import AudioMassProbe, MassCapture
 from mapo_verl.verl_ext.attention_branch import (
     COEF_FIELD,
-    GATE_FIELD,
     MAPO_ENGINE_VENDOR,
     MassStatistics,
     bound_configs,
