@@ -151,9 +151,11 @@ def attention_objective_from_coefficients(
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps}")
     check_same_shape(gated_mask, "gated_mask", audio_mass=audio_mass, coefficients=coefficients)
-    check_finite_where(audio_mass, gated_mask, "audio_mass")
-    too_small = gated_mask & (audio_mass.detach() + eps <= 0)
-    if bool(too_small.any()):
+    mass = audio_mass.detach()
+    # One host sync per call on the hot path; the detailed checks run only on bad input.
+    if bool((gated_mask & ~(torch.isfinite(mass) & (mass + eps > 0))).any()):
+        check_finite_where(mass, gated_mask, "audio_mass")
+        too_small = gated_mask & (mass + eps <= 0)
         raise ValueError(f"audio_mass + eps must be > 0; rows {first_rows(too_small.any(dim=-1))} are not")
     safe_mass = torch.where(gated_mask, audio_mass, torch.ones_like(audio_mass))
     token_losses = coefficients.to(audio_mass.dtype) * -torch.log(safe_mass + eps)

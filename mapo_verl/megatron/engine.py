@@ -81,16 +81,12 @@ from mapo_verl.verl_ext.attention_branch import (
     branch_masks,
     check_coefficients,
     dense_response_field,
+    response_width,
     global_branch_counts,
     require_attention_fields,
 )
 
 __all__ = ["MAPOMegatronEngine"]
-
-
-def _response_width(data) -> int:
-    mask = data["response_mask"]
-    return mask.to_padded_tensor(0).shape[1] if mask.is_nested else mask.shape[1]
 
 
 class _StepRecord:
@@ -131,7 +127,7 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
         actor_config, attention = configs[0], configs[1].attention
         require_attention_fields(data, attention.coef)
         self._install_hook(attention)
-        valid, gated = branch_masks(data, audio_token_id(self.model_config.hf_config), _response_width(data))
+        valid, gated = branch_masks(data, audio_token_id(self.model_config.hf_config), response_width(data))
         check_coefficients(data, gated)
         # G and N of the mini-batch, summed over data-parallel ranks (as on the FSDP path).
         self._mapo_counts = global_branch_counts(valid, gated, self.get_data_parallel_group(), get_device_id())
@@ -255,7 +251,7 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
         step = self._mapo_step
 
         def objective(mass: torch.Tensor) -> torch.Tensor:
-            width = _response_width(batch)
+            width = response_width(batch)
             # [B, T_resp], aligned with log_probs
             per_token = dense_response_field(no_padding_2_padding(to_sequences(mass), batch), width, "audio mass")
             valid, gated = branch_masks(batch, audio_id, width)

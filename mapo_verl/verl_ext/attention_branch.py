@@ -24,6 +24,7 @@ __all__ = [
     "GATE_FIELD",
     "bound_configs",
     "require_attention_fields",
+    "response_width",
     "dense_response_field",
     "rows_with_audio",
     "branch_masks",
@@ -56,6 +57,12 @@ def require_attention_fields(data, coef: float) -> None:
             "(trainer.v1.trainer_mode=mapo) writes these response-aligned fields; set the coef to 0 to train "
             "without the attention loss"
         )
+
+
+def response_width(data) -> int:
+    """The micro-batch's padded response width: its longest response (veRL's ``response_mask``)."""
+    mask = data["response_mask"]
+    return int(mask.offsets().diff().max()) if mask.is_nested else mask.shape[-1]
 
 
 def dense_response_field(value: torch.Tensor, width: int, name: str) -> torch.Tensor:

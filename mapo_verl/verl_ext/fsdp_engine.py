@@ -58,17 +58,12 @@ from mapo_verl.verl_ext.attention_branch import (
     branch_masks,
     check_coefficients,
     dense_response_field,
+    response_width,
     global_branch_counts,
     require_attention_fields,
 )
 
 __all__ = ["MAPOFSDPEngineWithLMHead"]
-
-
-def _response_width(data: TensorDict) -> int:
-    """The micro-batch's padded response width (veRL's ``response_mask`` layout)."""
-    mask = data["response_mask"]
-    return mask.to_padded_tensor(0).shape[-1] if mask.is_nested else mask.shape[-1]
 
 
 @dataclass
@@ -141,7 +136,7 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             raise NotImplementedError(f"{CONFIG_PREFIX}.attention.coef > 0 cannot be combined with top-k distillation")
         require_attention_fields(data, attention.coef)
         audio_id = audio_token_id(self.module)
-        valid, gated = branch_masks(data, audio_id, _response_width(data))
+        valid, gated = branch_masks(data, audio_id, response_width(data))
         check_coefficients(data, gated)
         # G counts the responses the branch applies to (as core.attention_objective), N the gated tokens.
         num_sequences, num_tokens = global_branch_counts(valid, gated, self.get_data_parallel_group(),
@@ -191,7 +186,7 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
     def _loss_with_attention(self, loss_function, step: _AttentionStep, *, model_output, data: TensorDict,
                              dp_group=None):
         loss, metrics = loss_function(model_output=model_output, data=data, dp_group=dp_group)
-        width = _response_width(data)
+        width = response_width(data)
         mass = dense_response_field(self._response_mass(step, data), width, "audio mass")
         # veRL's seq-mean-token-sum-norm divides by loss_scale_factor, else by its padded response width.
         horizon = step.horizon if step.horizon is not None else width

@@ -88,6 +88,8 @@ def test_bad_input_is_named():
     ones = torch.ones(2, 3)
     with pytest.raises(ValueError, match=r"audio_mass holds NaN .*rows \[1\]"):
         attention_objective(torch.tensor([[0.5] * 3, [0.5, float("nan"), 0.5]]), ones, ones)
+    with pytest.raises(ValueError, match=r"audio_mass holds inf .*rows \[0\]"):
+        attention_objective(torch.tensor([[float("inf"), 0.5, 0.5], [0.5] * 3]), ones, ones)
     with pytest.raises(ValueError, match="audio_mass \\+ eps must be > 0"):
         attention_objective(torch.full((2, 3), -1.0), ones, ones)
     with pytest.raises(ValueError, match=r"task_failed has shape \(3,\)"):
