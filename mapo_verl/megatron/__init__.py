@@ -5,9 +5,9 @@ below load their module on first access:
 
 - :class:`AudioMassHook`, :class:`AudioMassRequest`, :class:`MAPOPackedSeqParams`,
   :func:`sum_over_pipeline` — ``mapo_verl.megatron.attention_hook`` (megatron-core only);
-- :class:`MAPOMegatronEngine` — ``mapo_verl.megatron.engine`` (veRL 0.9.1); importing it
-  registers the engine in veRL's ``EngineRegistry`` under ``model_type="language_model"``,
-  ``backend="megatron"``, vendor ``"mapo"``.
+
+veRL's Megatron engine that drives the hook is :mod:`mapo_verl.verl_ext.megatron_engine`
+(this package imports no veRL).
 
 Megatron model paths for the audio models. veRL 0.9.1's Megatron engine builds models
 through a bridge. ``mbridge`` (veRL's ``mcore`` extra; 0.15.1) has no Qwen2-Audio nor
@@ -29,7 +29,6 @@ __all__ = [
     "AudioMassRequest",
     "MAPOPackedSeqParams",
     "sum_over_pipeline",
-    "MAPOMegatronEngine",
 ]
 
 _LOCATIONS = {
@@ -37,7 +36,6 @@ _LOCATIONS = {
     "AudioMassRequest": "mapo_verl.megatron.attention_hook",
     "MAPOPackedSeqParams": "mapo_verl.megatron.attention_hook",
     "sum_over_pipeline": "mapo_verl.megatron.attention_hook",
-    "MAPOMegatronEngine": "mapo_verl.megatron.engine",
 }
 
 

@@ -4,7 +4,7 @@ veRL checks some of these with bare ``assert`` statements in ``validate_config``
 only inside the workers, minutes after launch (``mini_batch_size % dp_size`` in the engine
 worker, the rollout mesh, the micro-batch split, megatron-core's parallel groups and
 interleaved schedule). :func:`check_launch_consistency` runs first from the wrapped
-``validate_config`` (:mod:`mapo_verl.verl_ext.validation`) and reports every problem at
+``validate_config`` (:func:`install_config_check`) and reports every problem at
 once. It only rejects what veRL / megatron-core would reject.
 
 Also a command line, to check a recipe without launching anything::
@@ -16,13 +16,16 @@ Also a command line, to check a recipe without launching anything::
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-__all__ = ["GROUP_ESTIMATORS", "launch_problems", "cluster_problems", "check_launch_consistency", "main"]
+from mapo_verl.verl_ext.validation import check_mapo_config
+
+__all__ = ["GROUP_ESTIMATORS", "launch_problems", "cluster_problems", "check_launch_consistency", "install_config_check", "main"]
 
 # Advantage estimators that normalise within a group of rollout.n responses per prompt.
 GROUP_ESTIMATORS = ("grpo", "mapo")
@@ -205,6 +208,28 @@ def check_launch_consistency(config) -> None:
         raise ValueError("inconsistent launch config (checked before Ray starts):\n  - " + "\n  - ".join(problems))
 
 
+def install_config_check() -> None:
+    """Run :func:`check_mapo_config` and the size checks of this module before
+    veRL's own ``validate_config`` (whose bare asserts would otherwise report size mismatches first)."""
+    import verl.utils.config as verl_config
+
+    original = verl_config.validate_config
+    if getattr(original, "__mapo_wrapped__", False):
+        return
+
+    @functools.wraps(original)
+    def validate_config(config, *args, **kwargs):
+        check_mapo_config(config)
+        check_launch_consistency(config)
+        return original(config, *args, **kwargs)
+
+    validate_config.__mapo_wrapped__ = True
+    verl_config.validate_config = validate_config
+    main_module = sys.modules.get("verl.trainer.main_ppo")
+    if main_module is not None and getattr(main_module, "validate_config", None) is original:
+        main_module.validate_config = validate_config
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-path", required=True, help="directory of the recipe YAMLs")
@@ -215,7 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     import verl  # noqa: F401  (loads the MAPO plugin: _target_ classes, the ${...} resolvers of the recipes)
     from hydra import compose, initialize_config_dir
 
-    from mapo_verl.verl_ext.validation import check_mapo_config
 
     with initialize_config_dir(config_dir=str(Path(args.config_path).resolve()), version_base=None):
         config = compose(config_name=args.config_name, overrides=args.overrides)

@@ -24,9 +24,9 @@ def register_all() -> None:
     from mapo_verl.verl_ext import advantage  # noqa: F401  (registers adv_estimator "mapo")
     from mapo_verl.verl_ext import fsdp_engine  # noqa: F401  (FSDP engine, vendor "mapo")
     from mapo_verl.verl_ext import trainer  # noqa: F401  (registers trainer_mode "mapo")
-    from mapo_verl.verl_ext.validation import install_config_check
+    from mapo_verl.verl_ext.recipe_checks import install_config_check
 
     if importlib.util.find_spec("megatron") is not None and importlib.util.find_spec("megatron.core") is not None:
-        from mapo_verl.megatron import engine  # noqa: F401  (Megatron engine, vendor "mapo")
+        from mapo_verl.verl_ext import megatron_engine  # noqa: F401  (Megatron engine, vendor "mapo")
     install_config_check()
     _registered = True

@@ -1,4 +1,4 @@
-"""Config checks that run before Ray starts (wrapped around veRL's ``validate_config``).
+"""MAPO's own config checks, run before Ray starts by :func:`mapo_verl.verl_ext.recipe_checks.install_config_check`.
 
 A MAPO setting that cannot work is reported at launch, naming the key to change, rather
 than after the first rollout.
@@ -6,15 +6,11 @@ than after the first rollout.
 
 from __future__ import annotations
 
-import functools
-import sys
-
 from mapo_verl.config import CONFIG_PREFIX, MAPOPolicyLossConfig, mapo_config_from
 from mapo_verl.core import LOSS_AGG_MODES
 from mapo_verl.verl_ext.advantage import MAPO_ESTIMATOR
-from mapo_verl.verl_ext.recipe_checks import check_launch_consistency
 
-__all__ = ["MAPO_TRAINER_MODE", "check_mapo_config", "install_config_check"]
+__all__ = ["MAPO_TRAINER_MODE", "check_mapo_config"]
 
 MAPO_TRAINER_MODE = "mapo"
 # Actor strategies for which MAPO registers an engine with the attention-loss hooks.
@@ -74,25 +70,3 @@ def check_mapo_config(config) -> None:
             f"actor_rollout_ref.actor.loss_agg_mode must be one of {list(LOSS_AGG_MODES)} for MAPO, "
             f"got {loss_agg_mode!r}"
         )
-
-
-def install_config_check() -> None:
-    """Run :func:`check_mapo_config` and the size checks of :mod:`~mapo_verl.verl_ext.recipe_checks` before
-    veRL's own ``validate_config`` (whose bare asserts would otherwise report size mismatches first)."""
-    import verl.utils.config as verl_config
-
-    original = verl_config.validate_config
-    if getattr(original, "__mapo_wrapped__", False):
-        return
-
-    @functools.wraps(original)
-    def validate_config(config, *args, **kwargs):
-        check_mapo_config(config)
-        check_launch_consistency(config)
-        return original(config, *args, **kwargs)
-
-    validate_config.__mapo_wrapped__ = True
-    verl_config.validate_config = validate_config
-    main_module = sys.modules.get("verl.trainer.main_ppo")
-    if main_module is not None and getattr(main_module, "validate_config", None) is original:
-        main_module.validate_config = validate_config

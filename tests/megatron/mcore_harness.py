@@ -431,7 +431,7 @@ def run_engine(spec: dict) -> dict:
     from verl.workers.utils.losses import ppo_loss
 
     from mapo_verl.config import AttentionLossConfig, MAPOConfig, MAPOPolicyLossConfig
-    from mapo_verl.megatron.engine import MAPOMegatronEngine
+    from mapo_verl.verl_ext.megatron_engine import MAPOMegatronEngine
 
     layers = spec["layers"]
     ps.initialize_model_parallel(1, 1)
