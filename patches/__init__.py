@@ -48,6 +48,10 @@ def apply_audio_model_patches() -> None:
       TransferQueue batches whose sequences all have one length;
     - :mod:`mapo_verl.patches.agent_loop`: the agent loop computes ``input_features`` /
       ``feature_attention_mask`` per trajectory and checks placeholder counts per sample.
+    - :mod:`mapo_verl.patches.dataset_checks`: every dataset row is checked at load, bad rows
+      are reported and filtered (or fail the load);
+    - :mod:`mapo_verl.patches.faults`: rollout failures name their row and fail the run (or are
+      counted and tolerated up to a fraction); the metrics file survives a resume.
 
     Heavy veRL modules are patched when veRL imports them. Idempotent.
     """
@@ -55,11 +59,13 @@ def apply_audio_model_patches() -> None:
     if _applied:
         return
     require_tested_verl()
-    from mapo_verl.patches import agent_loop, fsdp_wrap, model_class, position_ids, processors
+    from mapo_verl.patches import agent_loop, dataset_checks, faults, fsdp_wrap, model_class, position_ids, processors
 
     processors.install()
     model_class.install()
     fsdp_wrap.install()
     position_ids.install()
     agent_loop.install()
+    dataset_checks.install()
+    faults.install()
     _applied = True

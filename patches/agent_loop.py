@@ -10,6 +10,15 @@ clips alone (:func:`audio_processor_inputs`), other modalities still go through 
 code, and the sample's placeholder count is checked against the features, naming the
 sample (uid, rollout session, dataset index) on mismatch.
 
+A failing rollout names its row: the error of any trajectory is re-raised as
+:class:`mapo_verl.patches.faults.RolloutSampleError` with the sample's description and, on
+veRL's TransferQueue path, recorded on the prompt's tag, where the trainer's failure policy
+(:mod:`mapo_verl.patches.faults`) reads it. veRL runs the prompt's tokenisation in an
+executor thread; a ``StopIteration`` raised there (the Omni processors call ``next`` on
+their audio lengths once per ``<|AUDIO|>`` token, so a stray placeholder in the text
+raises it) cannot be set on an asyncio future, and the trajectory would wait forever. The
+Continuous Token builder's methods therefore turn it into a ``RuntimeError``.
+
 veRL 0.9.1's agent loops also send ``repetition_penalty=1.0`` to the rollout server
 whatever ``actor_rollout_ref.rollout.repetition_penalty`` says; training rollouts here get
 the configured value (the authors sample with 1.2), validation keeps veRL's ``val_kwargs``
@@ -26,8 +35,12 @@ from mapo_verl.patches.audio_models import (
     audio_processor_inputs,
     check_audio_placeholders,
 )
+from mapo_verl.patches.faults import ROLLOUT_ERROR_TAG, RolloutSampleError
 
 __all__ = ["install", "AGENT_LOOP_MODULE", "with_configured_repetition_penalty"]
+
+# Continuous Token builder methods veRL calls through ``loop.run_in_executor``
+_EXECUTOR_BUILDER_METHODS = ("build_initial_tokens", "merge_context_tokens", "merge_assistant_tokens")
 
 AGENT_LOOP_MODULE = "verl.experimental.agent_loop.agent_loop"
 
@@ -54,13 +67,54 @@ def _wrap_run_agent_loop(original):
         sampling_params = with_configured_repetition_penalty(
             sampling_params, float(self.rollout_config.repetition_penalty), bool(trajectory.get("validate", False))
         )
-        token = _SAMPLE.set(_describe_sample(trajectory, kwargs))
+        sample = _describe_sample(trajectory, kwargs)
+        token = _SAMPLE.set(sample)
         try:
             return await original(self, sampling_params, trajectory, **kwargs)
+        except Exception as error:
+            await _record_rollout_error(sample, error, trajectory, kwargs)
+            raise RolloutSampleError(f"{sample}: {type(error).__name__}: {error}") from error
         finally:
             _SAMPLE.reset(token)
 
     return _run_agent_loop
+
+
+async def _record_rollout_error(sample: str, error: Exception, trajectory: dict, kwargs: dict) -> None:
+    """On veRL's TransferQueue path (a ``uid`` and a ``session_id`` per trajectory), tag the prompt with the error."""
+    if "uid" not in kwargs or "session_id" not in kwargs or isinstance(error, RolloutSampleError):
+        return
+    import transfer_queue as tq
+
+    partition = "val" if trajectory.get("validate", False) else "train"
+    await tq.async_kv_put(key=kwargs["uid"], partition_id=partition,
+                          tag={ROLLOUT_ERROR_TAG: f"{sample}: {type(error).__name__}: {error}"})
+
+
+def _no_stop_iteration(method):
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except StopIteration as error:
+            raise RuntimeError(
+                f"{method.__name__} raised StopIteration: the processor found more placeholder tokens in the prompt "
+                "text than inputs (a literal <|AUDIO|> / <|IMAGE|> token in the text?)"
+            ) from error
+
+    return call
+
+
+def _wrap_agent_loop_init(original):
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        builder = self.continuous_token_builder
+        for name in _EXECUTOR_BUILDER_METHODS:
+            if hasattr(builder, name):
+                setattr(builder, name, _no_stop_iteration(getattr(builder, name)))
+
+    return __init__
 
 
 def _wrap_compute_multi_modal_inputs(original):
@@ -98,6 +152,7 @@ def _patch(module) -> None:
     worker._run_agent_loop = _wrap_run_agent_loop(worker._run_agent_loop)
     worker._compute_multi_modal_inputs = _wrap_compute_multi_modal_inputs(worker._compute_multi_modal_inputs)
     worker.__mapo_audio_patched__ = True
+    module.AgentLoopBase.__init__ = _wrap_agent_loop_init(module.AgentLoopBase.__init__)
 
 
 def install() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_SAMPLING_RATE", "AudioDecodeError", "read_audio", "resample", "load_audio"]
+__all__ = ["DEFAULT_SAMPLING_RATE", "AudioDecodeError", "read_audio", "audio_header", "resample", "load_audio"]
 
 # Whisper-style feature extractors of every audio model MAPO targets run at 16 kHz.
 DEFAULT_SAMPLING_RATE = 16000
@@ -60,28 +60,83 @@ def _read_with_soundfile(source: str | io.BytesIO) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
+def _has_soundfile() -> bool:
+    try:
+        import soundfile  # noqa: F401
+    except ImportError:  # optional dependency (extra "audio")
+        return False
+    return True
+
+
+def _source(source: str | os.PathLike | bytes) -> tuple[str, str | io.BytesIO]:
+    """``(name for messages, what a reader opens)``; a missing file is an :class:`AudioDecodeError`."""
+    if isinstance(source, (bytes, bytearray)):
+        return "<bytes>", io.BytesIO(bytes(source))
+    name = os.fspath(source)
+    if not Path(name).is_file():
+        raise AudioDecodeError(f"audio file not found: {name}")
+    return name, name
+
+
+def _decode_failure(name: str, stream: str | io.BytesIO, error: Exception, with_soundfile: bool) -> AudioDecodeError:
+    """Say what is wrong with the file: the reader's reason (never empty) and, without soundfile,
+    whether the file is a WAV at all."""
+    reason = str(error) or {"EOFError": "the data ends early (truncated or empty file)"}.get(
+        type(error).__name__, "no reason given")
+    hint = ""
+    if not with_soundfile:
+        if isinstance(stream, io.BytesIO):
+            head = stream.getvalue()[:12]
+        else:
+            with open(stream, "rb") as handle:
+                head = handle.read(12)
+        if not head:
+            hint = " (the file is empty)"
+        elif head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            hint = (f" (not a WAV file: it starts with {head[:4]!r}; without soundfile only PCM WAV is read: "
+                    "pip install soundfile for FLAC/OGG/MP3)")
+        elif "unknown format" in reason:
+            hint = " (a non-PCM WAV, e.g. float or compressed: pip install soundfile)"
+    return AudioDecodeError(f"cannot decode {name}: {type(error).__name__}: {reason}{hint}")
+
+
+def audio_header(source: str | os.PathLike | bytes) -> tuple[int, int]:
+    """``(frames, sampling rate)`` of a file path or a file's bytes, from its header only (no decoding).
+
+    Raises :class:`AudioDecodeError` as :func:`read_audio` does for a missing or unreadable file.
+    """
+    name, stream = _source(source)
+    with_soundfile = _has_soundfile()
+    try:
+        if with_soundfile:
+            import soundfile
+
+            info = soundfile.info(stream)
+            return int(info.frames), int(info.samplerate)
+        with wave.open(stream, "rb") as handle:
+            return int(handle.getnframes()), int(handle.getframerate())
+    except Exception as error:  # wave.Error, EOFError, soundfile.LibsndfileError, ...
+        if isinstance(stream, io.BytesIO):
+            stream.seek(0)
+        raise _decode_failure(name, stream, error, with_soundfile) from error
+
+
 def read_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     """Decode a file path or a file's bytes to ``(mono float32 samples in [-1, 1], sampling rate)``.
 
     Raises :class:`AudioDecodeError` naming the source when it is missing, empty or undecodable.
     """
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
-    if not isinstance(source, (bytes, bytearray)) and not Path(name).is_file():
-        raise AudioDecodeError(f"audio file not found: {name}")
-    try:
-        import soundfile  # noqa: F401
-
-        reader = _read_with_soundfile
-    except ImportError:  # optional dependency (extra "audio")
-        reader = _read_with_wave
-    stream = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else name
+    name, stream = _source(source)
+    with_soundfile = _has_soundfile()
+    reader = _read_with_soundfile if with_soundfile else _read_with_wave
     try:
         samples, rate = reader(stream)
     except AudioDecodeError as error:
         raise AudioDecodeError(f"{name}: {error}") from error
     except Exception as error:  # wave.Error, EOFError, soundfile.LibsndfileError, ...
-        hint = "" if reader is _read_with_soundfile else " (only PCM WAV without soundfile: pip install soundfile)"
-        raise AudioDecodeError(f"cannot decode {name}: {error}{hint}") from error
+        if isinstance(stream, io.BytesIO):
+            stream.seek(0)
+        raise _decode_failure(name, stream, error, with_soundfile) from error
     if samples.size == 0:
         raise AudioDecodeError(f"{name}: the clip has no samples")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]

@@ -25,6 +25,9 @@ __all__ = ["AudioRLHFDataset"]
 class AudioRLHFDataset(RLHFDataset):
     """``RLHFDataset`` whose audio items are decoded to mono float32 samples (paths, bytes or samples)."""
 
+    # the load-time row checks (mapo_verl.patches.dataset_checks) accept paths and file bytes
+    decodes_audio_files = True
+
     @classmethod
     def _process_multi_modal_info(cls, messages, image_patch_size, config):
         images, videos, audios = super()._process_multi_modal_info(messages, image_patch_size, config)
