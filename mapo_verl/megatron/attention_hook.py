@@ -1,7 +1,9 @@
 """The audio attention mass ``a_t`` and MAPO's attention loss inside megatron-core (spec §4).
 
-Only megatron-core (0.16.x) is imported here — no veRL, no Transformer Engine — so the
-hook runs wherever megatron-core runs, and the GPU check can exercise it on its own.
+Only megatron-core is imported here — no veRL, no Transformer Engine, no Megatron-Bridge —
+so the hook runs wherever megatron-core runs (tested: 0.16.1 on a megatron-core GPT model,
+0.18.2 on Megatron-Bridge's Qwen2.5-Omni, Qwen3-Omni and Qwen2-Audio models), and the GPU
+check can exercise it on its own.
 
 How it works
 ------------
@@ -17,9 +19,14 @@ How it works
   :class:`AudioMassRequest` (audio-key mask in the model's token layout, the objective,
   the gradient multiplier). :meth:`AudioMassHook.attach` hands it to the chunk's decoder
   for exactly one forward call; the decoder passes it down inside a
-  :class:`MAPOPackedSeqParams` (a ``PackedSeqParams`` subclass wrapping the real one).
-  Activation recompute — full or selective ``core_attn`` — captures that object in its
-  closure, so the recomputed forward sees the same request, never a global.
+  :class:`MAPOPackedSeqParams` (a ``PackedSeqParams`` subclass wrapping the real one) as
+  far as each layer's attention module. The attention module itself gets the real value
+  back (``None`` on BSHD inputs: Megatron-Bridge's attention treats any non-``None``
+  ``packed_seq_params`` as packed THD input), and the carrier goes on to the core attention
+  call only: directly, or through the selective-recompute closure of
+  ``_checkpointed_attention_forward``. Activation recompute — full or selective
+  ``core_attn`` — captures the carrier in its closure, so the recomputed forward sees the
+  same request, never a global.
 * **The loss.** Spec §2 reduces the per-head mass over heads (``max|mean``) and then over
   the chosen layers (``mean|max``) before ``−log``. When the last chosen layer of the
   chunk has run, the hook gathers the detached per-head masses of every chosen layer
@@ -54,13 +61,13 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.models.gpt import GPTModel
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from mapo_verl.core import HEAD_REDUCTIONS, indicator_values, mass_from_output, reduce_heads, reduce_layers
+from mapo_verl.megatron.models import decoder_layers, find_language_model
 
 __all__ = [
     "AudioMassRequest",
@@ -167,21 +174,6 @@ class _InjectAttentionLossGrad(torch.autograd.Function):
         return grad_output, grad * ctx.scale_fn(grad), None, None, None
 
 
-def _find_language_model(chunk: torch.nn.Module) -> GPTModel:
-    found = [m for m in chunk.modules() if isinstance(m, GPTModel)]
-    if len(found) != 1:
-        raise ValueError(f"expected exactly one megatron-core GPTModel (the language decoder) in the model chunk, "
-                         f"found {len(found)}")
-    return found[0]
-
-
-def _decoder_layers(language_model: GPTModel) -> list[TransformerLayer]:
-    decoder = language_model.decoder
-    if decoder is None:
-        return []
-    return [layer for layer in decoder.layers if isinstance(layer, TransformerLayer)]
-
-
 def _pipeline_layer_map(local: list[list[int]]) -> list[list[list[int]]]:
     """Layer numbers per (pipeline rank, VPP chunk), gathered from every stage."""
     if not dist.is_initialized() or parallel_state.get_pipeline_model_parallel_world_size() == 1:
@@ -223,12 +215,12 @@ class AudioMassHook:
         if layer_reduce not in LAYER_REDUCTIONS:
             raise ValueError(f"layer_reduce must be one of {list(LAYER_REDUCTIONS)}, got {layer_reduce!r}")
         self.head_reduce, self.layer_reduce, self.coef = head_reduce, layer_reduce, float(coef)
-        language_models = [_find_language_model(chunk) for chunk in model_chunks]
+        language_models = [find_language_model(chunk) for chunk in model_chunks]
         self.config = language_models[0].config
         self.layer_numbers = resolve_layer_numbers(layers, self.config.num_layers, key=config_key)
         self._check_config(self.config)
 
-        layer_map = _pipeline_layer_map([[layer.layer_number for layer in _decoder_layers(lm)]
+        layer_map = _pipeline_layer_map([[layer.layer_number for layer in decoder_layers(lm)]
                                          for lm in language_models])
         owners = sorted({(pp, vp) for pp, chunks in enumerate(layer_map)
                          for vp, numbers in enumerate(chunks) for n in numbers if n in self.layer_numbers})
@@ -248,13 +240,13 @@ class AudioMassHook:
         self._pending: dict[int, AudioMassRequest | None] = {}
         self._restore: list[tuple[torch.nn.Module, str]] = []
         for vp, lm in enumerate(language_models):
-            decoder_layers = _decoder_layers(lm)
-            if not any(layer.layer_number in self.layer_numbers for layer in decoder_layers):
+            layers_here = decoder_layers(lm)
+            if not any(layer.layer_number in self.layer_numbers for layer in layers_here):
                 continue
             self._owner_chunk = vp
             self._wrap_decoder(lm.decoder, vp)
-            for layer in decoder_layers:  # the other layers only unwrap the carrier for their kernel
-                self._wrap_core_attention(layer, measure=layer.layer_number in self.layer_numbers)
+            for layer in layers_here:  # the other layers only unwrap the carrier for their attention
+                self._wrap_attention(layer, measure=layer.layer_number in self.layer_numbers)
 
     # ------------------------------------------------------------------ install
     @staticmethod
@@ -287,7 +279,8 @@ class AudioMassHook:
         decoder.forward = forward
         self._restore.append((decoder, "forward"))
 
-    def _wrap_core_attention(self, layer: TransformerLayer, *, measure: bool) -> None:
+    def _wrap_attention(self, layer: TransformerLayer, *, measure: bool) -> None:
+        """Unwrap the carrier for the layer's attention module; hand it to the core attention (measured layers)."""
         attention = layer.self_attention
         if not isinstance(attention, SelfAttention):
             raise NotImplementedError(f"decoder layer {layer.layer_number - 1} has {type(attention).__name__}, "
@@ -301,17 +294,54 @@ class AudioMassHook:
                 f"{layer.layer_number - 1}): context parallelism runs only through Transformer Engine's attention "
                 "(TEDotProductAttention); install transformer-engine or set context_parallel_size=1"
             )
-        original = core.forward
-        layer_number = layer.layer_number
-        tp_group = attention.pg_collection.tp
+        active: list[MAPOPackedSeqParams] = []  # the carrier of this layer's attention call in progress
+        original_attention = attention.forward
+        attention_signature = inspect.signature(original_attention)
 
-        def forward(query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                    packed_seq_params=None):
-            carrier = packed_seq_params if isinstance(packed_seq_params, MAPOPackedSeqParams) else None
+        def attention_forward(*args, **kwargs):
+            bound = attention_signature.bind(*args, **kwargs)
+            carrier = bound.arguments.get("packed_seq_params")
+            if not isinstance(carrier, MAPOPackedSeqParams):
+                return original_attention(*args, **kwargs)
+            bound.arguments["packed_seq_params"] = carrier.inner
+            if not measure:
+                return original_attention(*bound.args, **bound.kwargs)
+            active.append(carrier)
+            try:
+                return original_attention(*bound.args, **bound.kwargs)
+            finally:
+                active.pop()
+
+        attention.forward = attention_forward
+        self._restore.append((attention, "forward"))
+        if not measure:
+            return
+        original_checkpointed = attention._checkpointed_attention_forward
+        checkpointed_signature = inspect.signature(original_checkpointed)
+
+        def checkpointed_attention_forward(*args, **kwargs):
+            # selective recompute: the carrier rides in the closure that the backward pass calls again
+            bound = checkpointed_signature.bind(*args, **kwargs)
+            if active and bound.arguments.get("packed_seq_params") is active[-1].inner:
+                bound.arguments["packed_seq_params"] = active[-1]
+            return original_checkpointed(*bound.args, **bound.kwargs)
+
+        attention._checkpointed_attention_forward = checkpointed_attention_forward
+        self._restore.append((attention, "_checkpointed_attention_forward"))
+        self._wrap_core_attention(core, layer.layer_number, attention.pg_collection.tp, active)
+
+    def _wrap_core_attention(self, core: torch.nn.Module, layer_number: int, tp_group,
+                             active: list[MAPOPackedSeqParams]) -> None:
+        original = core.forward
+
+        def forward(query, key, value, attention_mask, *args, packed_seq_params=None, **kwargs):
+            if isinstance(packed_seq_params, MAPOPackedSeqParams):
+                carrier = packed_seq_params
+            else:
+                carrier = active[-1] if active else None
             inner = packed_seq_params if carrier is None else carrier.inner
-            output = original(query, key, value, attention_mask, attn_mask_type=attn_mask_type,
-                              attention_bias=attention_bias, packed_seq_params=inner)
-            if carrier is None or not measure:
+            output = original(query, key, value, attention_mask, *args, packed_seq_params=inner, **kwargs)
+            if carrier is None:
                 return output
             request = carrier.mapo
             packed = inner is not None and inner.qkv_format == "thd"
@@ -320,8 +350,8 @@ class AudioMassHook:
                 indicator = indicator.squeeze(1)
             else:  # [S, B, G, D]
                 indicator = indicator_values(request.audio_keys, value, seq_axis=0, batch_axis=1)
-            indicator_out = original(query, key, indicator.contiguous(), attention_mask, attn_mask_type=attn_mask_type,
-                                     attention_bias=attention_bias, packed_seq_params=inner)
+            indicator_out = original(query, key, indicator.contiguous(), attention_mask, *args,
+                                     packed_seq_params=inner, **kwargs)
             local_heads = query.shape[-2]
             mass = mass_from_output(indicator_out.reshape(*indicator_out.shape[:-1], local_heads, -1))
             if packed and mass.dim() == 3:  # TE may return [T, 1, H*D] for thd
