@@ -102,13 +102,16 @@ def attention_fields_for_batch(
 OMEGA_HIST_BINS = 10
 
 
-def histogram_metrics(prefix: str, values: torch.Tensor, upper: float) -> dict[str, float]:
-    """Fractions of ``values`` in ``OMEGA_HIST_BINS`` equal bins over ``[0, upper]`` (the last bin is closed)."""
-    upper = max(upper, 1e-12)
-    bins = (values.double() / upper * OMEGA_HIST_BINS).floor().clamp(0, OMEGA_HIST_BINS - 1).long()
+def histogram_metrics(prefix: str, values: torch.Tensor) -> dict[str, float]:
+    """Fractions of ``values`` in ``OMEGA_HIST_BINS`` equal bins over their own range ``[lower, upper]``
+    (the last bin is closed), and the range: bins that fit the data, however narrow its spread."""
+    values = values.double()
+    lower, upper = float(values.min()), float(values.max())
+    width = max(upper - lower, 1e-300)
+    bins = ((values - lower) / width * OMEGA_HIST_BINS).floor().clamp(0, OMEGA_HIST_BINS - 1).long()
     counts = torch.bincount(bins, minlength=OMEGA_HIST_BINS).double() / max(values.numel(), 1)
     metrics = {f"{prefix}/bin_{k}": float(counts[k]) for k in range(OMEGA_HIST_BINS)}
-    metrics[f"{prefix}/upper"] = float(upper)
+    metrics.update({f"{prefix}/lower": lower, f"{prefix}/upper": upper})
     return metrics
 
 
@@ -130,7 +133,7 @@ def relevance_metrics(relevance: BatchRelevance, cap: float) -> dict[str, float]
             "mapo/omega_capped_frac": float((omega >= cap).float().mean()) if cap > 0 else 0.0,
         }
     )
-    metrics.update(histogram_metrics("mapo/omega_hist", omega, upper=cap if cap > 0 else float(omega.max())))
+    metrics.update(histogram_metrics("mapo/omega_hist", omega))
     if relevance.pos_gate is not None:
         metrics["mapo/pos_gate_frac"] = float(relevance.pos_gate[audio_tokens].float().mean())
     sums, counts = sums_by_decile(relevance.delta_h, audio_tokens)

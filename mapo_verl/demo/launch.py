@@ -4,23 +4,29 @@
 
 Prepares the embedded demo assets (:func:`mapo_verl.demo.ensure_demo_assets`), then runs
 ``python -m verl.trainer.main_ppo --config-path <recipes> --config-name <recipe> ...`` with
-``VERL_PLATFORM=cpu`` (mapo_verl's CPU backend, for dry runs and CI), streaming veRL's
-progress bar and console metrics. The run's metrics go to
-``$MAPO_RUN_DIR/<recipe>/metrics.jsonl`` (when the recipe logs to ``file``) and, when the
-run logged ``mapo/*`` metrics, the collapse report is written next to them. Exits with
-main_ppo's status.
+``VERL_PLATFORM=cpu`` (mapo_verl's CPU backend, for dry runs and CI). main_ppo's full output
+(config dump, Ray and library warnings) goes to ``$MAPO_RUN_DIR/<recipe>/main_ppo.log``; the
+console shows the progress bar, the step metrics and errors (``--verbose``: everything), and
+the log's last lines when the run fails. The run's metrics go to
+``$MAPO_RUN_DIR/<recipe>/metrics.jsonl`` (when the recipe logs to ``file``) and the collapse
+report is written next to them. Exits with main_ppo's status.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["default_recipes_dir", "main_ppo_command", "main"]
+__all__ = ["CONSOLE_LINE", "default_recipes_dir", "main_ppo_command", "run_logged", "main"]
+
+# Lines of main_ppo's output the console shows: progress, step metrics, errors, our own notes.
+CONSOLE_LINE = re.compile(r"Training Progress|step:\d+ - |Traceback|(?:^|\) |\x1b\[0m )\w*(?:Error|Exception): |\[mapo_verl\]")
+_FAILURE_TAIL_LINES = 60
 
 
 def default_recipes_dir() -> Path:
@@ -41,10 +47,28 @@ def main_ppo_command(recipe: str, config_path: Path, overrides: list[str]) -> li
     ]
 
 
+def run_logged(command: list[str], env: dict, log_path: Path, verbose: bool = False) -> int:
+    """Run ``command`` with its output in ``log_path``; echo :data:`CONSOLE_LINE` lines (all if ``verbose``)."""
+    tail: list[str] = []
+    with log_path.open("w") as log, subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as process:
+        for line in process.stdout:
+            log.write(line)
+            tail = (tail + [line])[-_FAILURE_TAIL_LINES:]
+            if verbose or CONSOLE_LINE.search(line):
+                print(line, end="", flush=True)
+        status = process.wait()
+    if status != 0 and not verbose:
+        print(f"[mapo_verl] last {len(tail)} lines of {log_path}:\n" + "".join(tail), end="", flush=True)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="mapo_tiny_cpu", help="recipe name (default: %(default)s)")
     parser.add_argument("--config-path", type=Path, default=None, help="recipes directory (default: the checkout's)")
+    parser.add_argument("--verbose", action="store_true", help="show main_ppo's whole output on the console")
     args, overrides = parser.parse_known_args(argv)
 
     config_path = args.config_path or default_recipes_dir()
@@ -64,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, VERL_PLATFORM="cpu", VERL_FILE_LOGGER_PATH=str(metrics_file))
     command = main_ppo_command(args.recipe, config_path, overrides)
     print("[mapo_verl] VERL_PLATFORM=cpu " + " ".join(command[1:]), flush=True)
-    status = subprocess.call(command, env=env)
+    log_path = run_dir / "main_ppo.log"
+    print(f"[mapo_verl] full log: {log_path}", flush=True)
+    status = run_logged(command, env, log_path, verbose=args.verbose)
     print(f"[mapo_verl] main_ppo exited with {status} after {time.perf_counter() - start:.0f}s", flush=True)
-    if status == 0 and metrics_file.is_file() and "mapo/" in metrics_file.read_text():
+    if status == 0 and metrics_file.is_file() and metrics_file.stat().st_size:
         from mapo_verl.report.collapse import write_report
 
         summary = write_report(metrics_file, run_dir / "collapse_report")

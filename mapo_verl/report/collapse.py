@@ -6,13 +6,22 @@ directory) and writes PNG plots:
 - ``audio_mass_by_position.png`` — audio attention mass vs relative response position
   (``mapo/audio_mass/decile_k``) for early, middle and late training steps;
 - ``delta_h_by_position.png`` — Δh = H_abl − H_pol by response-position decile;
-- ``omega_histogram.png`` — the distribution of ω̃ (first and last step);
-- ``collapse_over_steps.png`` — late/early ratios and the attention loss over steps;
+- ``omega_histogram.png`` — the distribution of ω̃ (first and last step), in bins over the
+  logged range of ω̃, which the title states;
+- ``collapse_over_steps.png`` — reward, late/early ratios and the attention loss over steps;
 
 plus ``summary.md``. Late-stage modality collapse shows as curves that fall towards the
-end of the response and ratios below 1.
+end of the response and ratios below 1. A Δh late/early ratio is only reported where the
+early Δh is clearly positive (at least :data:`MIN_EARLY_DELTA_H` nats) and the late one is
+not negative: a ratio of near-zero numbers of mixed sign means nothing, and the summary says so.
 
-Usage: ``mapo-collapse-report RUN.jsonl --out report/`` (or ``python -m mapo_verl.report.collapse``).
+``--compare`` overlays several runs (e.g. a GRPO run and its MAPO twin): audio mass and Δh by
+position at each run's last step, reward and accuracy over steps, and a table of last-step
+values (``compare.md``).
+
+Usage: ``mapo-collapse-report RUN.jsonl --out report/``,
+``mapo-collapse-report --compare runs/grpo_tiny_cpu runs/mapo_tiny_cpu --out compare/`` (a run
+directory stands for its ``metrics.jsonl``), or ``python -m mapo_verl.report.collapse``.
 """
 
 from __future__ import annotations
@@ -24,10 +33,16 @@ import pathlib
 import re
 from typing import Iterable
 
-__all__ = ["load_metrics", "decile_curve", "write_report", "main"]
+__all__ = ["MIN_EARLY_DELTA_H", "load_metrics", "decile_curve", "delta_h_ratio", "write_report", "write_comparison",
+           "main"]
 
 _DECILE = re.compile(r"^(?P<prefix>.+)/decile_(?P<k>\d)$")
 _HIST = re.compile(r"^mapo/omega_hist/bin_(?P<k>\d)$")
+# Below this early-window mean Δh (nats) a late/early ratio is noise of mixed sign, not a signal.
+MIN_EARLY_DELTA_H = 0.05
+# Step-wise curves: the reward and the task accuracy veRL logs (validation accuracy when validating).
+_REWARD_KEY = "critic/score/mean"
+_ACCURACY = re.compile(r"^val-core/.*/acc/mean@\d+$")
 
 
 def load_metrics(source: str | pathlib.Path) -> dict[int, dict[str, float]]:
@@ -102,7 +117,8 @@ def _plot_curves(plt, steps: dict[int, dict[str, float]], prefix: str, ylabel: s
 def _finish(plt, figure, axis, ylabel: str, title: str, path: pathlib.Path) -> None:
     axis.set_ylabel(ylabel)
     axis.set_title(title)
-    axis.legend()
+    # outside the axes, so that it never covers a curve
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -112,36 +128,79 @@ def _plot_histogram(plt, steps, path: pathlib.Path):
     with_hist = [s for s in sorted(steps) if any(_HIST.match(k) for k in steps[s])]
     if not with_hist:
         return None
-    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    figure, axis = plt.subplots(figsize=(7.4, 4.0))
     chosen = sorted({with_hist[0], with_hist[-1]})
-    for offset, step in enumerate(chosen):
+    ranges = []
+    for step in chosen:
         metrics = steps[step]
-        upper = metrics.get("mapo/omega_hist/upper", 1.0)
-        width = upper / 10
+        # older logs binned [0, upper]; newer ones bin the data's own range [lower, upper]
+        lower, upper = metrics.get("mapo/omega_hist/lower", 0.0), metrics.get("mapo/omega_hist/upper", 1.0)
+        edges = [lower + (upper - lower) * k / 10 for k in range(11)]
         fractions = [metrics.get(f"mapo/omega_hist/bin_{k}", 0.0) for k in range(10)]
-        lefts = [k * width + offset * width / len(chosen) for k in range(10)]
-        axis.bar(lefts, fractions, width=width / len(chosen), align="edge", label=f"step {step}", alpha=0.8)
-    axis.set_xlabel("ω̃ (relevance weight)")
-    _finish(plt, figure, axis, "fraction of response tokens", "ω̃ histogram", path)
+        axis.stairs(fractions, edges, fill=True, alpha=0.45, label=f"step {step}")
+        ranges.append(f"step {step}: [{lower:.6g}, {upper:.6g}]")
+    axis.ticklabel_format(axis="x", useOffset=False)
+    axis.set_xlabel("ω̃ (relevance weight); 10 bins over each step's logged range")
+    _finish(plt, figure, axis, "fraction of response tokens", "ω̃ histogram — range " + "; ".join(ranges), path)
     return chosen
 
 
+def delta_h_ratio(metrics: dict[str, float]) -> tuple[float | None, str]:
+    """The Δh late/early ratio of one step and why it is (not) meaningful.
+
+    Computed from the decile means (the last two over the first two deciles). Reported only
+    when the early mean is at least :data:`MIN_EARLY_DELTA_H` nats and the late mean is not
+    negative; otherwise ``(None, reason)``.
+    """
+    curve = decile_curve(metrics, "mapo/delta_h")
+    if curve is None:
+        return None, "no Δh by position was logged"
+    early = [v for v in curve[:2] if not math.isnan(v)]
+    late = [v for v in curve[-2:] if not math.isnan(v)]
+    if not early or not late:
+        return None, "the first or last 20 % of response positions hold no tokens"
+    early_mean, late_mean = sum(early) / len(early), sum(late) / len(late)
+    if early_mean < MIN_EARLY_DELTA_H or late_mean < 0:
+        return None, (f"early Δh {early_mean:.3g} and late Δh {late_mean:.3g} nats: a ratio needs a clearly positive "
+                      f"early Δh (≥ {MIN_EARLY_DELTA_H}) and a non-negative late one")
+    return late_mean / early_mean, f"late {late_mean:.3g} / early {early_mean:.3g} nats"
+
+
+def _integer_steps(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _step_series(steps: dict[int, dict[str, float]]) -> dict[str, tuple[str, list[int], list[float]]]:
+    """Per-step curves worth plotting: ``{key: (label, steps, values)}`` (meaningful Δh ratios only)."""
+    out = {}
+    for key, label in ((_REWARD_KEY, "reward (mean score)"),
+                       *[(k, "accuracy " + k.split("/")[1]) for k in sorted({k for s in steps.values() for k in s
+                                                                              if _ACCURACY.match(k)})],
+                       ("mapo/audio_mass/late_early_ratio", "audio mass late/early"),
+                       ("mapo/attn_loss", "attention loss")):
+        xs = [s for s in sorted(steps) if key in steps[s]]
+        if xs:
+            out[key] = (label, xs, [steps[s][key] for s in xs])
+    ratios = {s: delta_h_ratio(steps[s])[0] for s in sorted(steps)}
+    xs = [s for s, r in ratios.items() if r is not None]
+    if xs:
+        out["delta_h_ratio"] = ("Δh late/early", xs, [ratios[s] for s in xs])
+    return out
+
+
 def _plot_over_steps(plt, steps, path: pathlib.Path):
-    series = {
-        "mapo/audio_mass/late_early_ratio": "audio mass late/early",
-        "mapo/delta_h/late_early_ratio": "Δh late/early",
-        "mapo/attn_loss": "attention loss",
-    }
-    present = {k: v for k, v in series.items() if any(k in steps[s] for s in steps)}
+    present = _step_series(steps)
     if not present:
         return []
     figure, axes = plt.subplots(len(present), 1, figsize=(6.4, 2.4 * len(present)), sharex=True, squeeze=False)
-    for axis, (key, label) in zip(axes[:, 0], present.items()):
-        xs = [s for s in sorted(steps) if key in steps[s]]
-        axis.plot(xs, [steps[s][key] for s in xs], marker=".")
+    for axis, (label, xs, ys) in zip(axes[:, 0], present.values()):
+        axis.plot(xs, ys, marker=".")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("training step")
+    _integer_steps(axes[-1, 0])
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -176,7 +235,7 @@ def write_report(source: str | pathlib.Path, out_dir: str | pathlib.Path) -> pat
     if _plot_histogram(plt, steps, out / "omega_histogram.png"):
         written.append(("omega_histogram.png", "ω̃ histogram"))
     if _plot_over_steps(plt, steps, out / "collapse_over_steps.png"):
-        written.append(("collapse_over_steps.png", "late/early ratios and attention loss over steps"))
+        written.append(("collapse_over_steps.png", "reward, late/early ratios and attention loss over steps"))
 
     last = steps[max(steps)]
     lines = [
@@ -187,8 +246,8 @@ def write_report(source: str | pathlib.Path, out_dir: str | pathlib.Path) -> pat
         "| metric (last step) | value |",
         "|---|---|",
     ]
-    for key in ("mapo/audio_mass/late_early_ratio", "mapo/delta_h/late_early_ratio", "mapo/attn_loss",
-                "mapo/audio_mass", "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_capped_frac",
+    for key in (_REWARD_KEY, "mapo/audio_mass/late_early_ratio", "mapo/attn_loss", "mapo/audio_mass",
+                "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_min", "mapo/omega_max", "mapo/omega_capped_frac",
                 "mapo/ablated_over_old_log_prob"):
         lines.append(f"| `{key}` | {_fmt(last.get(key))} |")
     ratio = last.get("mapo/audio_mass/late_early_ratio")
@@ -197,6 +256,12 @@ def write_report(source: str | pathlib.Path, out_dir: str | pathlib.Path) -> pat
     if ratio is not None:
         verdict = "falls" if ratio < 1 else "does not fall"
         lines.append(f"At the last step the audio attention mass {verdict} along the response (ratio {ratio:.3g}).")
+    if decile_curve(last, "mapo/delta_h") is not None:
+        dh_ratio, why = delta_h_ratio(last)
+        lines.append(f"Δh late/early ratio at the last step: {dh_ratio:.3g} ({why})." if dh_ratio is not None
+                     else f"Δh late/early ratio at the last step: not reported ({why}).")
+    if "mapo/omega_min" in last:
+        lines.append(f"ω̃ at the last step spans [{last['mapo/omega_min']:.6g}, {last.get('mapo/omega_max', math.nan):.6g}].")
     if not written:
         lines += ["", "No `mapo/*` position metrics were found: was the run a MAPO run (trainer.v1.trainer_mode=mapo)?"]
     lines += [""] + [f"![{title}]({name})" for name, title in written]
@@ -205,12 +270,110 @@ def write_report(source: str | pathlib.Path, out_dir: str | pathlib.Path) -> pat
     return summary
 
 
+def _run_source(source: str | pathlib.Path) -> tuple[str, pathlib.Path]:
+    """``(label, metrics path)``: a run directory stands for its ``metrics.jsonl`` and is labelled by its name."""
+    path = pathlib.Path(source)
+    if path.is_dir() and (path / "metrics.jsonl").is_file():
+        return path.name, path / "metrics.jsonl"
+    return (path.parent.name if path.name == "metrics.jsonl" else path.stem), path
+
+
+def _overlay_positions(plt, runs, prefix: str, ylabel: str, title: str, path: pathlib.Path) -> list[str]:
+    positions = [(k + 0.5) / 10 for k in range(10)]
+    figure, axis = plt.subplots(figsize=(7.4, 4.0))
+    shown = []
+    for label, steps in runs.items():
+        with_curve = [s for s in sorted(steps) if decile_curve(steps[s], prefix) is not None]
+        if with_curve:
+            axis.plot(positions, decile_curve(steps[with_curve[-1]], prefix), marker="o", label=f"{label} (step {with_curve[-1]})")
+            shown.append(label)
+    if not shown:
+        plt.close(figure)
+        return []
+    axis.set_xlabel("relative position in the response (t / T)")
+    axis.set_xlim(0, 1)
+    axis.grid(alpha=0.3)
+    _finish(plt, figure, axis, ylabel, title, path)
+    return shown
+
+
+def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.Path) -> pathlib.Path:
+    """Overlay several runs into ``out_dir`` (plots and ``compare.md``); returns the markdown's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(sources) < 2:
+        raise ValueError(f"--compare needs at least two runs, got {len(sources)}")
+    runs: dict[str, dict[int, dict[str, float]]] = {}
+    for source in sources:
+        label, path = _run_source(source)
+        steps = load_metrics(path)
+        if not steps:
+            raise ValueError(f"{path} holds no logged steps")
+        runs[label if label not in runs else f"{label} ({len(runs) + 1})"] = steps
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for prefix, ylabel, name in (("mapo/audio_mass", "audio attention mass a_t", "compare_audio_mass_by_position.png"),
+                                 ("mapo/delta_h", "Δh = H_abl − H_pol", "compare_delta_h_by_position.png")):
+        shown = _overlay_positions(plt, runs, prefix, ylabel, f"{ylabel.split(' =')[0]} by position, last step",
+                                   out / name)
+        if shown:
+            written.append((name, f"{prefix} by position ({', '.join(shown)})"))
+    series = {label: _step_series(steps) for label, steps in runs.items()}
+    keys = [k for k in (_REWARD_KEY, *sorted({k for s in series.values() for k in s if _ACCURACY.match(k)}),
+                        "mapo/audio_mass/late_early_ratio") if any(k in s for s in series.values())]
+    if keys:
+        figure, axes = plt.subplots(len(keys), 1, figsize=(7.4, 2.6 * len(keys)), sharex=True, squeeze=False)
+        for axis, key in zip(axes[:, 0], keys):
+            for label, run_series in series.items():
+                if key in run_series:
+                    ylabel, xs, ys = run_series[key]
+                    axis.plot(xs, ys, marker=".", label=label)
+                    axis.set_ylabel(ylabel)
+            axis.grid(alpha=0.3)
+            axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
+        axes[-1, 0].set_xlabel("training step")
+        _integer_steps(axes[-1, 0])
+        figure.tight_layout()
+        figure.savefig(out / "compare_over_steps.png", dpi=120)
+        plt.close(figure)
+        written.append(("compare_over_steps.png", "reward, accuracy and audio-mass ratio over steps"))
+    lines = ["# Run comparison", "", "| run | steps | reward (last step) | reward (mean of last 20 % of steps) | "
+             "audio mass late/early | Δh late/early | ω̃ range |", "|---|---|---|---|---|---|---|"]
+    for label, steps in runs.items():
+        last = steps[max(steps)]
+        tail = sorted(steps)[-max(1, len(steps) // 5):]
+        rewards = [steps[s][_REWARD_KEY] for s in tail if _REWARD_KEY in steps[s]]
+        dh_ratio, _ = delta_h_ratio(last)
+        omega = (f"[{last['mapo/omega_min']:.6g}, {last['mapo/omega_max']:.6g}]"
+                 if "mapo/omega_min" in last and "mapo/omega_max" in last else "n/a")
+        lines.append(f"| {label} | {len(steps)} | {_fmt(last.get(_REWARD_KEY))} | "
+                     f"{_fmt(sum(rewards) / len(rewards) if rewards else None)} | "
+                     f"{_fmt(last.get('mapo/audio_mass/late_early_ratio'))} | {_fmt(dh_ratio)} | {omega} |")
+    lines += ["", "Position curves and ratios exist only for runs that logged `mapo/*` metrics (MAPO runs); "
+              "a Δh ratio is shown only where it is meaningful (see `delta_h_ratio`)."]
+    lines += [""] + [f"![{title}]({name})" for name, title in written]
+    summary = out / "compare.md"
+    summary.write_text("\n".join(lines) + "\n")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("metrics", help="veRL file-logger .jsonl of the run, or its TensorBoard log directory")
-    parser.add_argument("--out", default="collapse_report", help="output directory (default: collapse_report)")
+    parser.add_argument("metrics", nargs="?", help="veRL file-logger .jsonl of the run, or its TensorBoard log directory")
+    parser.add_argument("--compare", nargs="+", metavar="RUN",
+                        help="overlay several runs (run directories with metrics.jsonl, .jsonl files or TB dirs)")
+    parser.add_argument("--out", default=None, help="output directory (default: collapse_report, or compare)")
     args = parser.parse_args(argv)
-    summary = write_report(args.metrics, args.out)
+    if (args.metrics is None) == (args.compare is None):
+        parser.error("give either one run's metrics or --compare RUN RUN [...]")
+    if args.compare:
+        summary = write_comparison(args.compare, args.out or "compare")
+    else:
+        summary = write_report(_run_source(args.metrics)[1], args.out or "collapse_report")
     print(f"wrote {summary} and its plots")
     return 0
 

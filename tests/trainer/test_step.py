@@ -63,9 +63,11 @@ def test_metrics_show_the_collapse_curve():
     assert metrics["mapo/delta_h_mean"] == pytest.approx(float((h_abl - h_pol)[mask.bool()].mean()), rel=1e-5)
     assert all(isinstance(v, float) for v in metrics.values())
     hist = [metrics[f"mapo/omega_hist/bin_{k}"] for k in range(10)]
-    assert sum(hist) == pytest.approx(1.0) and metrics["mapo/omega_hist/upper"] == 5.0
     omega = relevance.omega[relevance.response_mask]
-    assert hist[0] == pytest.approx(float((omega < 0.5).float().mean()))
+    lower, upper = metrics["mapo/omega_hist/lower"], metrics["mapo/omega_hist/upper"]
+    assert sum(hist) == pytest.approx(1.0) and (lower, upper) == (float(omega.min()), float(omega.max()))
+    assert hist[0] == pytest.approx(float((omega < lower + (upper - lower) / 10).float().mean()))
+    assert hist[9] == pytest.approx(float((omega >= lower + 0.9 * (upper - lower)).float().mean()))
 
 
 def test_metrics_without_audio_rows():
