@@ -17,7 +17,6 @@ by :mod:`mapo_verl.patches.faults`).
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 from bisect import bisect_right
@@ -69,14 +68,22 @@ def multimodal_lengths_for(processor, chat_template_kwargs: dict | None = None):
             result.append({**message, "content": content})
         return result
 
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # fast tokenizers: skip transformers' wrapping
+
+    def token_ids(texts):
+        if backend is not None:
+            return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+        return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
     def lengths(messages_batch, samples_batch):
         texts = [processor.apply_chat_template(structured(messages), add_generation_prompt=True, tokenize=False,
                                                **kwargs) for messages in messages_batch]
-        ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        results = []
-        for row_ids, samples in zip(ids, samples_batch, strict=True):
-            frames = torch.tensor([math.ceil(count / hop) for count in samples])
-            per_clip = [int(n) for n in family.output_lengths(frames)]
+        frames = torch.tensor([-(-count // hop) for samples in samples_batch for count in samples])
+        audio_tokens = family.output_lengths(frames).tolist() if len(frames) else []
+        results, start = [], 0
+        for row_ids, samples in zip(token_ids(texts), samples_batch, strict=True):
+            per_clip = audio_tokens[start:start + len(samples)]
+            start += len(samples)
             results.append((len(row_ids) - row_ids.count(audio_token_id) + sum(per_clip), per_clip))
         return results
 

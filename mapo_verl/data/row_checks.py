@@ -200,15 +200,14 @@ def _sample_list_lengths(column) -> tuple[np.ndarray, list[list[int]], list[list
     clips = pc.list_flatten(column)
     lengths = pc.fill_null(pc.list_value_length(clips), 0).to_numpy(zero_copy_only=False)
     values = pc.list_flatten(clips).to_numpy(zero_copy_only=False)
-    bad = np.concatenate([[0], np.cumsum(~np.isfinite(values))])
-    ends = np.cumsum(lengths)
-    nonfinite = bad[ends] - bad[ends - lengths]
-    lengths_per_row, finite_per_row, start = [], [], 0
-    for count in counts:
-        lengths_per_row.append(lengths[start:start + count].tolist())
-        finite_per_row.append((nonfinite[start:start + count] == 0).tolist())
-        start += count
-    return counts, lengths_per_row, finite_per_row
+    finite = np.ones(len(lengths), dtype=bool)
+    nonfinite = ~np.isfinite(values)
+    if nonfinite.any():  # rare: locate the clips holding them
+        clip_of_value = np.repeat(np.arange(len(lengths)), lengths)
+        finite[np.unique(clip_of_value[nonfinite])] = False
+    bounds = np.cumsum(counts)[:-1]
+    return (counts, [part.tolist() for part in np.split(lengths, bounds)],
+            [part.tolist() for part in np.split(finite, bounds)])
 
 
 def _is_sample_lists(arrow_type) -> bool:

@@ -17,16 +17,19 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["CONSOLE_LINE", "default_recipes_dir", "main_ppo_command", "run_logged", "main"]
+__all__ = ["CONSOLE_LINE", "INTERRUPTED", "default_recipes_dir", "main_ppo_command", "run_logged", "main"]
 
 # Lines of main_ppo's output the console shows: progress, step metrics, errors, our own notes.
 CONSOLE_LINE = re.compile(r"Training Progress|step:\d+ - |Traceback|(?:^|\) |\x1b\[0m )\w*(?:Error|Exception): |\[mapo_verl\]")
 _FAILURE_TAIL_LINES = 60
+INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
+_STOP_GRACE_S = 30
 
 
 def default_recipes_dir() -> Path:
@@ -47,18 +50,45 @@ def main_ppo_command(recipe: str, config_path: Path, overrides: list[str]) -> li
     ]
 
 
+def _stop(process: subprocess.Popen, log) -> None:
+    """Ctrl-C: interrupt main_ppo (its own process group, Ray's local cluster included), log what it
+    still prints, and kill whatever of the group is left after :data:`_STOP_GRACE_S`."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        log.write(process.communicate(timeout=_STOP_GRACE_S)[0] or "")
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # Ray processes that outlived the driver
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
 def run_logged(command: list[str], env: dict, log_path: Path, verbose: bool = False) -> int:
-    """Run ``command`` with its output in ``log_path``; echo :data:`CONSOLE_LINE` lines (all if ``verbose``)."""
+    """Run ``command`` with its output in ``log_path``; echo :data:`CONSOLE_LINE` lines (all if ``verbose``).
+
+    Ctrl-C stops the command and everything it started (no traceback, no Ray process left) and
+    returns :data:`INTERRUPTED`.
+    """
     tail: list[str] = []
     with log_path.open("w") as log, subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        start_new_session=True,
     ) as process:
-        for line in process.stdout:
-            log.write(line)
-            tail = (tail + [line])[-_FAILURE_TAIL_LINES:]
-            if verbose or CONSOLE_LINE.search(line):
-                print(line, end="", flush=True)
-        status = process.wait()
+        try:
+            for line in process.stdout:
+                log.write(line)
+                tail = (tail + [line])[-_FAILURE_TAIL_LINES:]
+                if verbose or CONSOLE_LINE.search(line):
+                    print(line, end="", flush=True)
+            status = process.wait()
+        except KeyboardInterrupt:
+            _stop(process, log)
+            print(f"\n[mapo_verl] interrupted: main_ppo and its Ray processes stopped; the same command resumes "
+                  f"from the last checkpoint (trainer.save_freq > 0, trainer.resume_mode=auto); log: {log_path}",
+                  flush=True)
+            return INTERRUPTED
     if status != 0 and not verbose:
         print(f"[mapo_verl] last {len(tail)} lines of {log_path}:\n" + "".join(tail), end="", flush=True)
     return status
@@ -101,4 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before main_ppo started (demo assets) or while writing the report
+        print("\n[mapo_verl] interrupted", flush=True)
+        sys.exit(INTERRUPTED)

@@ -8,13 +8,27 @@ from __future__ import annotations
 
 from mapo_verl.config import CONFIG_PREFIX, MAPOPolicyLossConfig, mapo_config_from
 from mapo_verl.core import LOSS_AGG_MODES
+from mapo_verl.hf.probe import resolve_layers
+from mapo_verl.pos_gate import build_tagger
 from mapo_verl.verl_ext.advantage import MAPO_ESTIMATOR
 
-__all__ = ["MAPO_TRAINER_MODE", "check_mapo_config"]
+__all__ = ["MAPO_TRAINER_MODE", "FOLDABLE_LOSS_MODES", "check_mapo_config"]
 
 MAPO_TRAINER_MODE = "mapo"
 # Actor strategies for which MAPO registers an engine with the attention-loss hooks.
 ATTENTION_LOSS_STRATEGIES = ("fsdp", "fsdp2", "megatron")
+# veRL 0.9.1 policy losses whose per-token loss is positively homogeneous in the advantage,
+# ℓ(w·A) = w·ℓ(A) for w ≥ 0 (clipping decided by the advantage's sign only): folding ω̃ into the
+# advantages gives exactly their ω̃-weighted form.
+FOLDABLE_LOSS_MODES = ("vanilla", "gspo", "sapo", "gpg", "cispo", "dppo_tv", "dppo_kl")
+# The others, and why the fold would silently change them.
+UNFOLDABLE_LOSS_MODES = {
+    "geo_mean": "it averages the advantage over each sequence, so the fold cancels and ω̃ has no effect",
+    "clip_cov": "it picks the tokens to clip by the advantage's value, so the fold changes which tokens it picks",
+    "kl_cov": "it picks the tokens to penalise by the advantage's value, so the fold changes which tokens it picks",
+    "dro": "its quadratic log-ratio penalty is not scaled by the advantage, so ω̃ would weight only part of it",
+    "bypass_mode": "bypass mode skips the old-log-prob pass that gives MAPO the policy entropies",
+}
 
 
 def _policy_loss_target_is_mapo(config) -> bool:
@@ -25,6 +39,40 @@ def _policy_loss_target_is_mapo(config) -> bool:
         return bool(target) and issubclass(get_class(target), MAPOPolicyLossConfig)
     except Exception:
         return False
+
+
+def _decoder_layer_count(config) -> int | None:
+    """``num_hidden_layers`` of the actor's text decoder, when its config is on this machine (else None)."""
+    from transformers import AutoConfig
+
+    model = config.actor_rollout_ref.model
+    try:
+        hf_config = AutoConfig.from_pretrained(str(model.path), trust_remote_code=bool(model.get("trust_remote_code")),
+                                               local_files_only=True)
+    except Exception:  # a remote path or an uncached hub id: the workers load (and check) it
+        return None
+    text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    layers = getattr(text_config, "num_hidden_layers", None)
+    return layers if isinstance(layers, int) and layers > 0 else None
+
+
+def _check_layers_against_model(config, layers) -> None:
+    num_layers = _decoder_layer_count(config)
+    if num_layers is None:
+        return
+    try:
+        resolve_layers(list(layers), num_layers)
+    except ValueError as error:
+        raise ValueError(f"{error} (the decoder of actor_rollout_ref.model.path={config.actor_rollout_ref.model.path})"
+                         ) from error
+
+
+def _check_pos_tagger(gate) -> None:
+    """Build the POS gate's tagger now, so a missing spaCy pipeline / NLTK data fails before Ray starts."""
+    try:
+        build_tagger(gate.tagger, gate.tags)
+    except (RuntimeError, ValueError, ImportError) as error:
+        raise ValueError(f"{CONFIG_PREFIX}.pos_gate.tagger={gate.tagger!r}: {error}") from error
 
 
 def check_mapo_config(config) -> None:
@@ -58,6 +106,10 @@ def check_mapo_config(config) -> None:
             f"({', '.join(ATTENTION_LOSS_STRATEGIES)}), but actor_rollout_ref.actor.strategy={strategy!r}: "
             f"choose one of them or set {CONFIG_PREFIX}.attention.coef=0"
         )
+    if mapo.attention.enabled:
+        _check_layers_against_model(config, mapo.attention.layers)
+        if mapo.pos_gate.enable:
+            _check_pos_tagger(mapo.pos_gate)
     rollout_correction = config.algorithm.get("rollout_correction") or {}
     if rollout_correction.get("bypass_mode", False):
         raise ValueError(
@@ -70,3 +122,25 @@ def check_mapo_config(config) -> None:
             f"actor_rollout_ref.actor.loss_agg_mode must be one of {list(LOSS_AGG_MODES)} for MAPO, "
             f"got {loss_agg_mode!r}"
         )
+    _check_policy_loss(config.actor_rollout_ref.actor, mapo)
+
+
+def _check_policy_loss(actor, mapo) -> None:
+    """ω̃ (and attention-only's zero PG weight) enter through the advantages: only loss modes whose
+    token loss is positively homogeneous in the advantage get their weighted form (docs/DESIGN.md)."""
+    loss_mode = actor.policy_loss.get("loss_mode", "vanilla")
+    if loss_mode not in FOLDABLE_LOSS_MODES:
+        reason = UNFOLDABLE_LOSS_MODES.get(loss_mode, "its token loss is not known to be positively homogeneous "
+                                                      "in the advantage")
+        raise ValueError(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode!r} cannot carry MAPO's relevance weights "
+            f"({reason}): choose one of {list(FOLDABLE_LOSS_MODES)}"
+        )
+    if mapo.attention_only:
+        for key, active in (("use_kl_loss", bool(actor.get("use_kl_loss", False))),
+                            ("entropy_coeff", float(actor.get("entropy_coeff", 0.0)) != 0.0)):
+            if active:
+                raise ValueError(
+                    f"{CONFIG_PREFIX}.attention_only=true trains on η·L_attn alone, but actor_rollout_ref.actor.{key} "
+                    f"adds another loss term: set actor_rollout_ref.actor.{key} to false / 0"
+                )
