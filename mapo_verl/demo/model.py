@@ -82,19 +82,19 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 384):
     )
 
 
-def build_feature_extractor():
-    """Whisper log-mel features (128 bins, as Qwen2.5-Omni) for clips up to ``MAX_CLIP_SECONDS``."""
+def build_feature_extractor(clip_seconds: int = MAX_CLIP_SECONDS):
+    """Whisper log-mel features (128 bins, as Qwen2.5-Omni) for clips up to ``clip_seconds``."""
     from transformers import WhisperFeatureExtractor
 
     return WhisperFeatureExtractor(
         feature_size=128,
         sampling_rate=SAMPLING_RATE,
-        chunk_length=MAX_CLIP_SECONDS,
+        chunk_length=clip_seconds,
         return_attention_mask=True,
     )
 
 
-def omni_processor(tokenizer):
+def omni_processor(tokenizer, clip_seconds: int = MAX_CLIP_SECONDS):
     from transformers import Qwen2_5OmniProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.video_processing_utils import BaseVideoProcessor
@@ -107,14 +107,15 @@ def omni_processor(tokenizer):
         # The demo has no video; a generic video processor keeps the processor loadable where
         # torchvision (which Qwen2-VL's video processor needs) is not installed.
         video_processor=BaseVideoProcessor(merge_size=2, patch_size=14, temporal_patch_size=2),
-        feature_extractor=build_feature_extractor(),
+        feature_extractor=build_feature_extractor(clip_seconds),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
 
 
-def thinker_config(tokenizer, scale: int = 1):
-    """The demo thinker's config; ``scale`` multiplies widths and depths (benchmarks use > 1)."""
+def thinker_config(tokenizer, scale: int = 1, audio_layers: int | None = None, audio_width: int | None = None):
+    """The demo thinker's config; ``scale`` multiplies widths and depths (benchmarks use > 1);
+    ``audio_layers`` / ``audio_width`` set the audio encoder's depth and ``d_model`` instead."""
     from transformers import Qwen2_5OmniThinkerConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in AUDIO_SPECIAL_TOKENS.items()}
@@ -140,10 +141,10 @@ def thinker_config(tokenizer, scale: int = 1):
     return Qwen2_5OmniThinkerConfig(
         audio_config={
             "num_mel_bins": 128,
-            "encoder_layers": scale,
+            "encoder_layers": audio_layers or scale,
             "encoder_attention_heads": 2,
-            "encoder_ffn_dim": 64 * scale,
-            "d_model": 32 * scale,
+            "encoder_ffn_dim": 2 * (audio_width or 32 * scale),
+            "d_model": audio_width or 32 * scale,
             # positions after the stride-2 conv of one 2*n_window-frame chunk
             "max_source_positions": 50,
             "n_window": 50,
@@ -174,16 +175,18 @@ def thinker_config(tokenizer, scale: int = 1):
     )
 
 
-def save_tiny_omni_thinker(path: str | Path, corpus: list[str], seed: int = 0) -> Path:
-    """Write a tiny random Qwen2.5-Omni thinker with tokenizer and processor to ``path``."""
+def save_tiny_omni_thinker(path: str | Path, corpus: list[str], seed: int = 0, clip_seconds: int = MAX_CLIP_SECONDS,
+                           **config_kwargs) -> Path:
+    """Write a tiny random Qwen2.5-Omni thinker with tokenizer and processor to ``path``
+    (``config_kwargs`` go to :func:`thinker_config`)."""
     import torch
     from transformers import GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(corpus)
-    processor = omni_processor(tokenizer)
-    config = thinker_config(tokenizer)
+    processor = omni_processor(tokenizer, clip_seconds)
+    config = thinker_config(tokenizer, **config_kwargs)
     torch.manual_seed(seed)
     model = Qwen2_5OmniThinkerForConditionalGeneration(config).to(torch.float32)
     model.generation_config = GenerationConfig(

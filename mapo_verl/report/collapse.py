@@ -247,7 +247,8 @@ def write_report(source: str | pathlib.Path, out_dir: str | pathlib.Path) -> pat
         "|---|---|",
     ]
     for key in (_REWARD_KEY, "mapo/audio_mass/late_early_ratio", "mapo/attn_loss", "mapo/audio_mass",
-                "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_min", "mapo/omega_max", "mapo/omega_capped_frac",
+                "mapo/audio_lift", "mapo/audio_mass_failed", "mapo/audio_mass_success", "mapo/nu_tilde_mean",
+                "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_min", "mapo/omega_max", "mapo/mask_clip_frac",
                 "mapo/ablated_over_old_log_prob"):
         lines.append(f"| `{key}` | {_fmt(last.get(key))} |")
     ratio = last.get("mapo/audio_mass/late_early_ratio")
@@ -297,8 +298,10 @@ def _overlay_positions(plt, runs, prefix: str, ylabel: str, title: str, path: pa
     return shown
 
 
-def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.Path) -> pathlib.Path:
-    """Overlay several runs into ``out_dir`` (plots and ``compare.md``); returns the markdown's path."""
+def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.Path,
+                     labels: list[str] | None = None) -> pathlib.Path:
+    """Overlay several runs into ``out_dir`` (plots and ``compare.md``); returns the markdown's path.
+    ``labels`` name the runs (default: their directory names)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,9 +309,12 @@ def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.P
 
     if len(sources) < 2:
         raise ValueError(f"--compare needs at least two runs, got {len(sources)}")
+    if labels is not None and len(labels) != len(sources):
+        raise ValueError(f"{len(labels)} labels for {len(sources)} runs")
     runs: dict[str, dict[int, dict[str, float]]] = {}
-    for source in sources:
+    for index, source in enumerate(sources):
         label, path = _run_source(source)
+        label = labels[index] if labels is not None else label
         steps = load_metrics(path)
         if not steps:
             raise ValueError(f"{path} holds no logged steps")
