@@ -47,7 +47,9 @@ def apply_audio_model_patches() -> None:
     - :mod:`mapo_verl.patches.position_ids`: their [4, seq] mRoPE position ids survive
       TransferQueue batches whose sequences all have one length;
     - :mod:`mapo_verl.patches.agent_loop`: the agent loop computes ``input_features`` /
-      ``feature_attention_mask`` per trajectory and checks placeholder counts per sample.
+      ``feature_attention_mask`` per trajectory and checks placeholder counts per sample;
+    - :mod:`mapo_verl.patches.megatron_bridge` (where Megatron-Bridge is installed): veRL's
+      Megatron engine builds and feeds Megatron-Bridge's Omni / audio models.
     - :mod:`mapo_verl.patches.dataset_checks`: every dataset row is checked at load, bad rows
       are reported and filtered (or fail the load);
     - :mod:`mapo_verl.patches.faults`: rollout failures name their row and fail the run (or are

@@ -1,0 +1,253 @@
+"""Tiny Megatron-Bridge audio models (real Megatron-Bridge classes) and their data, for the bridge-lane tests.
+
+Importing this module imports Megatron-Bridge through :mod:`te_stub` and installs the
+megatron-core CPU shims of ``tests/megatron/cpu_shims.py``. Each family builds the model
+class that Megatron-Bridge's provider builds (``Qwen25OmniModel``, ``Qwen3OmniModel``,
+``Qwen2AudioModel``) from tiny HF configs, with megatron-core's local (non-TE) layer spec,
+in float64: the providers of the two Omni families hard-code Transformer Engine's layer
+spec, so their ``provide`` cannot run on CPU and the model class is built directly with the
+same arguments; Qwen2-Audio's provider takes a layer spec and is used as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "megatron"))
+import te_stub  # noqa: E402
+
+te_stub.import_megatron_bridge()
+import cpu_shims  # noqa: E402
+
+cpu_shims.install()
+
+from megatron.core import parallel_state as ps  # noqa: E402
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec  # noqa: E402
+from megatron.core.process_groups_config import ProcessGroupCollection  # noqa: E402
+from megatron.core.transformer.enums import AttnBackend  # noqa: E402
+
+from mapo_verl.megatron.models import expose_stage_flags, find_language_model  # noqa: E402
+from mapo_verl.patches import megatron_bridge as bridge_patches  # noqa: E402
+
+assert bridge_patches.install(), "the pinned megatron-bridge is not the installed one"
+
+VOCAB, HIDDEN, HEADS, GROUPS, LAYERS, SEQ = 96, 32, 4, 2, 4, 24
+PAD, AUDIO, IMAGE, VIDEO, AUDIO_START, AUDIO_END, VISION_START, VISION_END = 0, 88, 89, 90, 91, 92, 93, 94
+MEL_BINS = 8
+CLIP_FRAMES = (20, 28, 36)  # valid mel frames of the clips (5, 7, 9 audio tokens for the Qwen2.5-Omni encoder)
+QWEN2_AUDIO_FRAMES = 40  # Qwen2-Audio's encoder takes exactly 2 x max_source_positions frames
+
+FAMILIES = ("qwen25_omni", "qwen3_omni", "qwen2_audio")
+
+
+def _common_config(tp: int, pp: int, recompute: str | None) -> dict:
+    extra = {}
+    if recompute == "full":
+        extra = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif recompute == "selective":
+        extra = dict(recompute_granularity="selective", recompute_modules=["core_attn"])
+    return dict(
+        num_layers=LAYERS, hidden_size=HIDDEN, ffn_hidden_size=48, num_attention_heads=HEADS, num_query_groups=GROUPS,
+        kv_channels=HIDDEN // HEADS, vocab_size=VOCAB, normalization="RMSNorm", gated_linear_unit=True,
+        add_bias_linear=False, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        pipeline_dtype=torch.float64, params_dtype=torch.float64, use_cpu_initialization=True, hidden_dropout=0.0,
+        attention_dropout=0.0, masked_softmax_fusion=False, bias_activation_fusion=False, bias_dropout_fusion=False,
+        apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False, batch_p2p_comm=False,
+        attention_backend=AttnBackend.local, sequence_parallel=False, share_embeddings_and_output_weights=False,
+        **extra)
+
+
+def _token_ids() -> dict:
+    return dict(audio_token_id=AUDIO, image_token_id=IMAGE, video_token_id=VIDEO, audio_start_token_id=AUDIO_START,
+                audio_end_token_id=AUDIO_END, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
+
+
+def _stage_flags() -> dict:
+    return dict(pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage())
+
+
+# --------------------------------------------------------------------------- Qwen2.5-Omni
+def _qwen25_omni(tp: int, pp: int, recompute: str | None) -> torch.nn.Module:
+    from megatron.bridge.models.qwen_omni.modeling_qwen25_omni.model import Qwen25OmniModel
+    from megatron.bridge.models.qwen_omni.qwen25_omni_provider import Qwen25OmniModelProvider
+    from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniThinkerConfig
+
+    ids = _token_ids()
+    thinker = Qwen2_5OmniThinkerConfig(
+        audio_config=dict(num_mel_bins=MEL_BINS, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                          d_model=16, output_dim=HIDDEN, n_window=50, max_source_positions=64),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=HIDDEN,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[0]),
+        text_config=dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=48, num_hidden_layers=LAYERS,
+                         num_attention_heads=HEADS, num_key_value_heads=GROUPS,
+                         rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2])),
+        audio_token_index=AUDIO, image_token_index=IMAGE, video_token_index=VIDEO, audio_start_token_id=AUDIO_START,
+        audio_end_token_id=AUDIO_END, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
+    provider = Qwen25OmniModelProvider(
+        thinker_config=thinker, head_dim=HIDDEN // HEADS, add_qkv_bias=True, qk_layernorm=False,
+        mrope_section=[1, 1, 2], rotary_base=10000.0, language_max_sequence_length=SEQ, position_id_per_seconds=25,
+        **ids, **_common_config(tp, pp, recompute))
+    provider.finalize()
+    return Qwen25OmniModel(language_transformer_config=provider,
+                           language_transformer_layer_spec=get_gpt_layer_local_spec(qk_layernorm=False),
+                           thinker_transformer_config=thinker, pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
+                           **_stage_flags())
+
+
+# --------------------------------------------------------------------------- Qwen3-Omni (MoE)
+def _qwen3_omni(tp: int, pp: int, recompute: str | None) -> torch.nn.Module:
+    from megatron.bridge.models.qwen_omni.modeling_qwen3_omni.model import Qwen3OmniModel
+    from megatron.bridge.models.qwen_omni.qwen3_omni_provider import Qwen3OmniModelProvider
+    from transformers import Qwen3OmniMoeThinkerConfig
+
+    thinker = Qwen3OmniMoeThinkerConfig(
+        audio_config=dict(num_mel_bins=MEL_BINS, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                          d_model=16, output_dim=HIDDEN, n_window=50, n_window_infer=200, max_source_positions=64,
+                          downsample_hidden_size=8),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=HIDDEN,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                           deepstack_visual_indexes=[0]),
+        text_config=dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=48, num_hidden_layers=LAYERS,
+                         num_attention_heads=HEADS, num_key_value_heads=GROUPS, head_dim=HIDDEN // HEADS,
+                         moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+                         rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[1, 1, 2])),
+        **_token_ids())
+    provider = Qwen3OmniModelProvider(
+        thinker_config=thinker, qk_layernorm=True, mrope_section=[1, 1, 2], rotary_base=10000.0,
+        language_max_sequence_length=SEQ, num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=16,
+        moe_grouped_gemm=False, moe_permute_fusion=False, moe_router_load_balancing_type="none",
+        # veRL sets the alltoall dispatcher, which opens a CUDA stream at construction; allgather runs on CPU
+        moe_aux_loss_coeff=0.0, moe_token_dispatcher_type="allgather", **_token_ids(),
+        **_common_config(tp, pp, recompute))
+    provider.finalize()
+    spec = get_gpt_layer_local_spec(num_experts=4, moe_grouped_gemm=False, qk_layernorm=True)
+    return Qwen3OmniModel(language_transformer_config=provider, language_transformer_layer_spec=spec,
+                          thinker_transformer_config=thinker, pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
+                          **_stage_flags())
+
+
+# --------------------------------------------------------------------------- Qwen2-Audio
+def _qwen2_audio(tp: int, pp: int, recompute: str | None) -> torch.nn.Module:
+    from megatron.bridge.models.gpt_provider import local_layer_spec
+    from megatron.bridge.models.qwen_audio.qwen2_audio_provider import Qwen2AudioModelProvider
+    from transformers import Qwen2AudioConfig
+
+    hf_config = Qwen2AudioConfig(
+        audio_config=dict(num_mel_bins=MEL_BINS, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                          d_model=16, max_source_positions=QWEN2_AUDIO_FRAMES // 2),
+        text_config=dict(model_type="qwen2", vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=48,
+                         num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=GROUPS),
+        audio_token_index=AUDIO)
+    provider = Qwen2AudioModelProvider(hf_config=hf_config, audio_token_id=AUDIO, add_qkv_bias=True,
+                                       transformer_layer_spec=local_layer_spec, rotary_base=10000.0,
+                                       seq_length=SEQ, **_common_config(tp, pp, recompute))
+    provider.finalize()
+    provider._pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+    return provider.provide(**_stage_flags())
+
+
+_BUILDERS: dict[str, Callable[[int, int, str | None], torch.nn.Module]] = {
+    "qwen25_omni": _qwen25_omni, "qwen3_omni": _qwen3_omni, "qwen2_audio": _qwen2_audio}
+
+
+def four_d_mask(module, args, kwargs):
+    """CPU shim: the models pass veRL's [B, S] padding mask (True = token) to the language model, which TE
+    reads; megatron-core's unfused attention needs the explicit [B, 1, S, S] mask (True = masked)."""
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        causal = torch.triu(torch.ones(mask.shape[1], mask.shape[1], dtype=torch.bool), 1)
+        kwargs["attention_mask"] = causal[None, None] | ~mask.bool()[:, None, None, :]
+    return args, kwargs
+
+
+def build_model(family: str, *, tp: int = 1, pp: int = 1, recompute: str | None = None,
+                seed: int = 5) -> torch.nn.Module:
+    """The family's model chunk for this rank's pipeline stage, stage flags exposed, with the mask shim.
+
+    The Omni thinkers also read the [B, S] mask for their rope index, so the shim sits on their language
+    model; Qwen2-Audio calls its language model's ``forward`` directly (no hooks run), so it sits on the top.
+    """
+    torch.manual_seed(seed)
+    model = expose_stage_flags(_BUILDERS[family](tp, pp, recompute))
+    (model if family == "qwen2_audio" else find_language_model(model)).register_forward_pre_hook(
+        four_d_mask, with_kwargs=True)
+    return model
+
+
+# --------------------------------------------------------------------------- data
+def audio_tokens(family: str, frames: int) -> int:
+    """Placeholder tokens of a clip with ``frames`` valid mel frames (transformers' own length rules)."""
+    from mapo_verl.patches.audio_models import audio_family
+
+    model_type = {"qwen25_omni": "qwen2_5_omni_thinker", "qwen3_omni": "qwen3_omni_moe_thinker",
+                  "qwen2_audio": "qwen2_audio"}[family]
+    return int(audio_family(model_type).output_lengths(torch.tensor([frames]))[0])
+
+
+@dataclass
+class Sample:
+    ids: torch.Tensor  # [SEQ], right-padded with PAD
+    length: int
+    prompt: int  # prompt length; the response follows
+    frames: int  # valid mel frames of the sample's clip (0: no audio)
+    features: torch.Tensor | None  # [MEL_BINS, frames_padded]
+
+
+def make_samples(family: str, count: int, seed: int, *, with_audio=lambda i: True) -> list[Sample]:
+    """Samples ``[text][AUDIO_START][placeholders][AUDIO_END][text][response][PAD…]`` with one clip each."""
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for index in range(count):
+        audio = with_audio(index)
+        frames = CLIP_FRAMES[index % len(CLIP_FRAMES)] if audio else 0
+        n_audio = audio_tokens(family, frames) if audio else 0
+        text = lambda n: torch.randint(1, AUDIO, (n,), generator=g)  # noqa: E731
+        pieces = [text(1)] + ([torch.tensor([AUDIO_START]), torch.full((n_audio,), AUDIO),
+                               torch.tensor([AUDIO_END])] if audio else []) + [text(2)]
+        prompt = sum(p.numel() for p in pieces)
+        response = int(torch.randint(5, SEQ - prompt - 1, (1,), generator=g))
+        body = torch.cat(pieces + [text(response)])
+        ids = torch.full((SEQ,), PAD)
+        ids[: body.numel()] = body
+        padded_frames = QWEN2_AUDIO_FRAMES if family == "qwen2_audio" else max(CLIP_FRAMES)
+        features = None
+        if audio:
+            features = torch.zeros(MEL_BINS, padded_frames)
+            features[:, :frames] = torch.randn(MEL_BINS, frames, generator=g)
+        samples.append(Sample(ids=ids, length=body.numel(), prompt=prompt, frames=frames, features=features))
+    return samples
+
+
+def model_inputs(family: str, samples: list[Sample], *, drop_audio: bool = False) -> dict:
+    """The model's keyword arguments for a micro-batch of ``samples`` (features dropped when ``drop_audio``,
+    placeholders kept: the audio-ablated pass)."""
+    ids = torch.stack([s.ids for s in samples])
+    mask = torch.arange(SEQ)[None, :] < torch.tensor([s.length for s in samples])[:, None]
+    inputs = dict(input_ids=ids, attention_mask=mask)
+    if family == "qwen2_audio":
+        inputs["position_ids"] = torch.arange(SEQ).expand(len(samples), SEQ)
+    clips = [s for s in samples if s.features is not None]
+    if clips and not drop_audio:
+        inputs["input_features"] = torch.stack([s.features for s in clips])
+        fmask = torch.zeros(len(clips), clips[0].features.shape[1], dtype=torch.long)
+        for row, sample in enumerate(clips):
+            fmask[row, : sample.frames] = 1
+        inputs["feature_attention_mask"] = fmask
+    return inputs
+
+
+def labels_and_masks(samples: list[Sample]) -> dict:
+    """Next-token labels, the response-token loss mask (positions predicting response tokens), audio keys."""
+    ids = torch.stack([s.ids for s in samples])
+    position = torch.arange(SEQ)[None, :]
+    prompt = torch.tensor([s.prompt for s in samples])[:, None]
+    length = torch.tensor([s.length for s in samples])[:, None]
+    response = (position >= prompt - 1) & (position < length - 1)
+    return dict(labels=torch.roll(ids, -1, dims=1), loss_mask=response, audio=ids == AUDIO)
