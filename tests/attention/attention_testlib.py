@@ -14,6 +14,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from mapo_verl.patches.audio_models import audio_family
+
 VOCAB = 128
 AUDIO_ID = 100
 AUDIO_START_ID = 103
@@ -52,8 +54,9 @@ def tiny_omni_thinker(attn_implementation: str = "eager", *, seed: int = 0, dtyp
 
 
 def audio_token_count(model, feature_lengths: torch.Tensor) -> torch.Tensor:
-    """Audio placeholder tokens per clip, from the audio tower's own length formula."""
-    return model.audio_tower._get_feat_extract_output_lengths(feature_lengths)[1]
+    """Audio placeholder tokens per clip, by the model family's rule (transformers' function for the family;
+    Qwen3-Omni's audio tower still carries Qwen2.5-Omni's ``_get_feat_extract_output_lengths`` method)."""
+    return audio_family(model.config.model_type).output_lengths(feature_lengths)
 
 
 def omni_samples(model, prompt_tail: list[list[int]], feature_lengths: list[int], *, seed: int = 1):
@@ -94,8 +97,9 @@ def explicit_audio_mass(attentions, audio_keys: torch.Tensor, layers: list[int],
     return stacked.mean(dim=0) if layer_reduce == "mean" else stacked.amax(dim=0)
 
 
-def tiny_qwen3_omni_thinker(attn_implementation: str = "eager", *, seed: int = 0):
-    """A random Qwen3-Omni-MoE thinker (2-layer MoE text decoder with q/k norms), when transformers has it."""
+def tiny_qwen3_omni_thinker(attn_implementation: str = "eager", *, seed: int = 0, dtype=torch.float32):
+    """A random Qwen3-Omni-MoE thinker (2-layer MoE text decoder with q/k norms, 4 experts, top-2), when
+    transformers has it. ``n_window=50``: the 100-frame chunks its placeholder-count rule assumes."""
     import transformers
 
     if not hasattr(transformers, "Qwen3OmniMoeThinkerForConditionalGeneration"):
@@ -103,8 +107,8 @@ def tiny_qwen3_omni_thinker(attn_implementation: str = "eager", *, seed: int = 0
     torch.manual_seed(seed)
     config = transformers.Qwen3OmniMoeThinkerConfig(
         audio_config=dict(num_mel_bins=MEL_BINS, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
-                          d_model=16, output_dim=32, n_window=8, max_source_positions=64, downsample_hidden_size=8,
-                          n_window_infer=16, conv_chunksize=8),
+                          d_model=16, output_dim=32, n_window=50, max_source_positions=64, downsample_hidden_size=8,
+                          n_window_infer=100, conv_chunksize=8),
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=32,
                            patch_size=2, spatial_merge_size=1, temporal_patch_size=1, num_position_embeddings=16,
                            deepstack_visual_indexes=[0]),
@@ -115,6 +119,8 @@ def tiny_qwen3_omni_thinker(attn_implementation: str = "eager", *, seed: int = 0
         audio_token_id=AUDIO_ID, image_token_id=101, video_token_id=102, audio_start_token_id=AUDIO_START_ID,
         vision_start_token_id=105,
     )
-    model = transformers.Qwen3OmniMoeThinkerForConditionalGeneration(config)
+    model = transformers.Qwen3OmniMoeThinkerForConditionalGeneration(config).to(dtype)
     model.set_attn_implementation(attn_implementation)
+    if dtype == torch.float64:
+        model.set_experts_implementation("eager")  # torch's grouped_mm (the default experts kernel) has no float64
     return model

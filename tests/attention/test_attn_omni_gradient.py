@@ -1,16 +1,25 @@
-"""Gradient of η·L_attn through a tiny random Qwen2.5-Omni thinker vs explicit attention probabilities."""
+"""Gradient of η·L_attn through tiny random Omni thinkers (Qwen2.5-Omni, Qwen3-Omni-MoE) vs explicit attention
+probabilities."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attention_testlib import AUDIO_ID, explicit_audio_mass, omni_samples, right_pad, tiny_omni_thinker
+from attention_testlib import (
+    AUDIO_ID,
+    explicit_audio_mass,
+    omni_samples,
+    right_pad,
+    tiny_omni_thinker,
+    tiny_qwen3_omni_thinker,
+)
 from mapo_verl.core import attention_objective_from_coefficients
-from mapo_verl.hf import AudioMassProbe, resolve_layers
+from mapo_verl.hf import AudioMassProbe, decoder_layers, resolve_layers
 
 ETA = 0.05
-LAYERS = [-3, -1]
+LAYERS = [0, -1]
+THINKERS = {"qwen2_5_omni": tiny_omni_thinker, "qwen3_omni_moe": tiny_qwen3_omni_thinker}
 
 
 def _batch(model):
@@ -34,11 +43,14 @@ def _grads(model):
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("thinker", THINKERS)
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("head_reduce,layer_reduce", [("max", "mean"), ("mean", "max")])
-def test_attention_loss_gradient_matches_explicit_probabilities(implementation, head_reduce, layer_reduce):
-    model = tiny_omni_thinker(implementation, dtype=torch.float64)
-    reference = tiny_omni_thinker("eager", dtype=torch.float64)
+def test_attention_loss_gradient_matches_explicit_probabilities(thinker, implementation, head_reduce, layer_reduce):
+    model = THINKERS[thinker](implementation, dtype=torch.float64)
+    if model is None:
+        pytest.skip("this transformers has no Qwen3-Omni")
+    reference = THINKERS[thinker]("eager", dtype=torch.float64)
     ids, mask, features, feature_mask, coef, gated = _batch(model)
     inputs = dict(input_ids=ids, attention_mask=mask, input_features=features, feature_attention_mask=feature_mask,
                   use_cache=False)
@@ -50,7 +62,7 @@ def test_attention_loss_gradient_matches_explicit_probabilities(implementation, 
         loss.backward()
 
     out = reference(**inputs, output_attentions=True)
-    mass = explicit_audio_mass(out.attentions, audio, resolve_layers(LAYERS, 3), head_reduce, layer_reduce)
+    mass = explicit_audio_mass(out.attentions, audio, resolve_layers(LAYERS, len(decoder_layers(reference))), head_reduce, layer_reduce)
     reference_loss = _loss(mass, coef, gated)
     reference_loss.backward()
 

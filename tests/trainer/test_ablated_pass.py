@@ -1,4 +1,5 @@
-"""The audio-ablated pass on a tiny random Qwen2.5-Omni thinker (real HF class, real processor).
+"""The audio-ablated pass on tiny random Omni thinkers (Qwen2.5-Omni, Qwen3-Omni-MoE; real HF classes, real
+processors built offline, the model class veRL's FSDP engine loads).
 
 Entropies are computed as veRL's engine does (``entropy_from_logits`` at the rollout
 temperature, left-shifted like log-probs). Checked: the ablated entropies differ from the
@@ -23,19 +24,22 @@ from mapo_verl.core import fold_relevance_into_advantages
 from mapo_verl.step import relevance_for_batch
 from mapo_verl.verl_ext.advantage import RelevanceInputs, provide_relevance
 from mapo_verl.verl_ext.worker import HAS_AUDIO_FIELD, ablate_batch
-from tests.trainer.audio_models_testlib import save_tiny_omni, tone_clip
+from tests.trainer.audio_models_testlib import save_tiny_omni, save_tiny_qwen3_omni, tone_clip
 
 TEMPERATURE = 0.7
 RESPONSE = 12
 
 
-@pytest.fixture(scope="module")
-def thinker(tmp_path_factory):
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+@pytest.fixture(scope="module", params=["qwen2_5_omni", "qwen3_omni_moe"])
+def thinker(request, tmp_path_factory):
+    from transformers import AutoConfig
+    from verl.utils.model import get_hf_auto_model_class
     from verl.utils.tokenizer import hf_processor
 
-    path = save_tiny_omni(tmp_path_factory.mktemp("omni"))
-    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path).eval()
+    save = {"qwen2_5_omni": save_tiny_omni, "qwen3_omni_moe": save_tiny_qwen3_omni}[request.param]
+    path = save(tmp_path_factory.mktemp(request.param))
+    model = get_hf_auto_model_class(AutoConfig.from_pretrained(path)).from_pretrained(path).eval()
+    assert model.config.model_type == f"{request.param}_thinker"
     return model, hf_processor(str(path))
 
 

@@ -8,6 +8,7 @@ the processor's own output, the thinker's own ``get_rope_index`` or explicit ari
 from __future__ import annotations
 
 import asyncio
+import math
 import types
 
 import pytest
@@ -22,13 +23,14 @@ from mapo_verl.patches.audio_models import (
     audio_processor_inputs,
     check_audio_placeholders,
 )
-from tests.trainer.audio_models_testlib import save_tiny_omni, save_tiny_qwen2_audio, tone_clip
+from tests.trainer.audio_models_testlib import save_tiny_omni, save_tiny_qwen2_audio, save_tiny_qwen3_omni, tone_clip
 
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("audio_models")
-    return {"omni": save_tiny_omni(root / "omni"), "qwen2_audio": save_tiny_qwen2_audio(root / "qwen2_audio")}
+    return {"omni": save_tiny_omni(root / "omni"), "qwen2_audio": save_tiny_qwen2_audio(root / "qwen2_audio"),
+            "qwen3_omni": save_tiny_qwen3_omni(root / "qwen3_omni")}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,11 @@ def _audio_token_id(processor):
     return processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
 
 
-def _expected_tokens(frames: int) -> int:
+def _expected_tokens(name: str, frames: int) -> int:
+    if name == "qwen3_omni":
+        # three stride-2 convolutions (kernel 3, padding 1: ceil(n / 2)) on every 100-frame chunk, written out
+        chunks = [100] * (frames // 100) + ([frames % 100] if frames % 100 else [])
+        return sum(math.ceil(math.ceil(math.ceil(n / 2) / 2) / 2) for n in chunks)
     # two stride-2 reductions of the Whisper-style encoders (conv, then pooling), written out
     after_conv = (frames - 1) // 2 + 1
     return (after_conv - 2) // 2 + 1
@@ -60,7 +66,8 @@ def _expected_tokens(frames: int) -> int:
 
 @pytest.mark.parametrize(
     "name, processor_class, has_rope_index",
-    [("omni", "Qwen2_5OmniProcessor", True), ("qwen2_audio", "Qwen2AudioProcessor", False)],
+    [("omni", "Qwen2_5OmniProcessor", True), ("qwen2_audio", "Qwen2AudioProcessor", False),
+     ("qwen3_omni", "Qwen3OmniMoeProcessor", True)],
 )
 def test_hf_processor_loads_audio_processors_that_verl_rejects(
     model_dirs, processors, name, processor_class, has_rope_index
@@ -71,7 +78,8 @@ def test_hf_processor_loads_audio_processors_that_verl_rejects(
         assert hf_processor.__mapo_original__(str(model_dirs[name])) is None  # veRL 0.9.1 alone
     processor = processors[name]
     assert type(processor).__name__ == processor_class
-    assert processor.config.model_type == {"omni": "qwen2_5_omni_thinker", "qwen2_audio": "qwen2_audio"}[name]
+    assert processor.config.model_type == {"omni": "qwen2_5_omni_thinker", "qwen2_audio": "qwen2_audio",
+                                           "qwen3_omni": "qwen3_omni_moe_thinker"}[name]
     assert hasattr(processor, "get_rope_index") == has_rope_index
 
 
@@ -89,9 +97,10 @@ def test_hf_processor_leaves_other_models_to_verl(tmp_path, monkeypatch):
     assert hf_processor(str(tmp_path)) == hf_processor.__mapo_original__(str(tmp_path))
 
 
-def test_omni_rope_index_audio_only_is_sequential(processors):
+@pytest.mark.parametrize("name", ["omni", "qwen3_omni"])
+def test_omni_rope_index_audio_only_is_sequential(processors, name):
     """With audio alone, every mRoPE row counts tokens 0..n-1 (audio positions are consecutive)."""
-    processor = processors["omni"]
+    processor = processors[name]
     inputs = _prompt_inputs(processor, [tone_clip(0.9)])
     kwargs = processor.get_rope_index_kwargs(dict(inputs))
     assert torch.equal(kwargs["audio_seqlens"], inputs["feature_attention_mask"].sum(-1))
@@ -104,20 +113,21 @@ def test_omni_rope_index_audio_only_is_sequential(processors):
     assert torch.equal(positions, torch.arange(n).expand(3, 1, n))
 
 
-def test_omni_rope_index_with_image_matches_the_thinker(model_dirs, processors):
+@pytest.mark.parametrize("name", ["omni", "qwen3_omni"])
+def test_omni_rope_index_with_image_matches_the_thinker(model_dirs, processors, name):
     """Audio + image: the processor-bound index equals the thinker model's own ``get_rope_index``."""
     import numpy as np
     from PIL import Image
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import AutoModelForMultimodalLM
 
-    processor = processors["omni"]
+    processor = processors[name]
     image = Image.fromarray((np.random.default_rng(0).random((56, 56, 3)) * 255).astype("uint8"))
     text = (
         "<|im_start|>user\n<|vision_bos|><|IMAGE|><|vision_eos|><|audio_bos|><|AUDIO|><|audio_eos|>"
         "Is it loud?<|im_end|>\n<|im_start|>assistant\n"
     )
     inputs = processor(text=[text], images=[image], audio=[tone_clip(0.7)], sampling_rate=16000, return_tensors="pt")
-    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(model_dirs["omni"])
+    model = AutoModelForMultimodalLM.from_pretrained(model_dirs[name])
     expected, _ = model.get_rope_index(
         inputs["input_ids"], inputs["image_grid_thw"], None, inputs["attention_mask"], False,
         inputs["feature_attention_mask"].sum(-1),
@@ -133,7 +143,7 @@ def test_omni_rope_index_with_image_matches_the_thinker(model_dirs, processors):
 # ---- audio features and the placeholder check -----------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["omni", "qwen2_audio"])
+@pytest.mark.parametrize("name", ["omni", "qwen2_audio", "qwen3_omni"])
 def test_audio_processor_inputs_equal_the_processor_on_a_real_prompt(processors, name):
     processor = processors[name]
     clips = [tone_clip(0.6), tone_clip(1.3, 660.0)]
@@ -143,7 +153,7 @@ def test_audio_processor_inputs_equal_the_processor_on_a_real_prompt(processors,
         assert torch.equal(got[key], reference[key])
 
 
-@pytest.mark.parametrize("name", ["omni", "qwen2_audio"])
+@pytest.mark.parametrize("name", ["omni", "qwen2_audio", "qwen3_omni"])
 def test_placeholder_check_accepts_matching_and_names_the_sample_on_mismatch(processors, name):
     processor = processors[name]
     family = audio_family(processor.config.model_type)
@@ -151,7 +161,7 @@ def test_placeholder_check_accepts_matching_and_names_the_sample_on_mismatch(pro
     inputs = _prompt_inputs(processor, clips)
     ids, mask = inputs["input_ids"][0], inputs["feature_attention_mask"]
     token = _audio_token_id(processor)
-    expected = sum(_expected_tokens(int(frames)) for frames in mask.sum(-1))
+    expected = sum(_expected_tokens(name, int(frames)) for frames in mask.sum(-1))
     assert int((ids == token).sum()) == expected  # the processor expands by the same rule
 
     check_audio_placeholders(ids, mask, audio_token_id=token, family=family, sample="sample index=3")
@@ -167,12 +177,13 @@ def test_placeholder_check_accepts_matching_and_names_the_sample_on_mismatch(pro
         )
 
 
-def test_the_omni_thinker_itself_does_not_check_counts(model_dirs, processors):
+@pytest.mark.parametrize("name", ["omni", "qwen3_omni"])
+def test_the_omni_thinker_itself_does_not_check_counts(model_dirs, processors, name):
     """Why the check exists: fewer placeholders than audio features runs silently in the thinker."""
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import AutoModelForMultimodalLM
 
-    processor = processors["omni"]
-    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(model_dirs["omni"]).eval()
+    processor = processors[name]
+    model = AutoModelForMultimodalLM.from_pretrained(model_dirs[name]).eval()
     inputs = _prompt_inputs(processor, [tone_clip(1.0)])
     token = _audio_token_id(processor)
     ids = inputs["input_ids"]
@@ -186,8 +197,26 @@ def test_the_omni_thinker_itself_does_not_check_counts(model_dirs, processors):
     with pytest.raises(AudioPlaceholderMismatchError):
         check_audio_placeholders(
             ids[0, keep], inputs["feature_attention_mask"], audio_token_id=token,
-            family=audio_family("qwen2_5_omni_thinker"), sample="sample 0",
+            family=audio_family(model.config.model_type), sample="sample 0",
         )
+
+
+@pytest.mark.parametrize("name", ["omni", "qwen3_omni"])
+def test_the_audio_encoder_fills_exactly_the_placeholders_of_the_family_rule(model_dirs, processors, name):
+    """The encoder's real output rows per clip = the processor's placeholders = the family's length rule
+    (Qwen3-Omni: across a 100-frame chunk boundary too)."""
+    from transformers import AutoModelForMultimodalLM
+
+    processor = processors[name]
+    model = AutoModelForMultimodalLM.from_pretrained(model_dirs[name]).eval()
+    family = audio_family(model.config.model_type)
+    for seconds in (0.3, 1.0, 1.3, 2.0):
+        inputs = _prompt_inputs(processor, [tone_clip(seconds)])
+        with torch.no_grad():
+            encoded = model.get_audio_features(inputs["input_features"], inputs["feature_attention_mask"])
+        rows = encoded.last_hidden_state.shape[0]
+        assert rows == int((inputs["input_ids"] == _audio_token_id(processor)).sum()), seconds
+        assert rows == int(family.output_lengths(inputs["feature_attention_mask"].sum(-1))), seconds
 
 
 # ---- the agent loop's per-trajectory features ---------------------------------------------
@@ -212,7 +241,7 @@ def _worker(processor):
     )
 
 
-@pytest.mark.parametrize("name", ["omni", "qwen2_audio"])
+@pytest.mark.parametrize("name", ["omni", "qwen2_audio", "qwen3_omni"])
 def test_agent_loop_features_equal_the_processor(processors, name):
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 
@@ -271,11 +300,13 @@ def test_fsdp_engine_model_class_has_the_lm_head(model_dirs):
     assert type(model).__name__ == "Qwen2AudioForConditionalGeneration"
 
 
-def test_fsdp2_wraps_encoder_layers_before_their_encoder(model_dirs):
+@pytest.mark.parametrize("name, decoder_layer",
+                         [("omni", "Qwen2_5OmniDecoderLayer"), ("qwen3_omni", "Qwen3OmniMoeThinkerTextDecoderLayer")])
+def test_fsdp2_wraps_encoder_layers_before_their_encoder(model_dirs, name, decoder_layer):
     from transformers import AutoConfig, AutoModelForMultimodalLM
     from verl.utils import fsdp_utils
 
-    model = AutoModelForMultimodalLM.from_config(AutoConfig.from_pretrained(model_dirs["omni"]))
+    model = AutoModelForMultimodalLM.from_config(AutoConfig.from_pretrained(model_dirs[name]))
     selected = fsdp_utils._select_fsdp2_wrap_targets(model, list(model._no_split_modules))
     unpatched = fsdp_utils._select_fsdp2_wrap_targets.__mapo_original__(model, list(model._no_split_modules))
     assert {id(m) for m in selected} == {id(m) for m in unpatched}
@@ -285,7 +316,7 @@ def test_fsdp2_wraps_encoder_layers_before_their_encoder(model_dirs):
             if child is not module and id(child) in position:
                 assert position[id(child)] < position[id(module)], "fully_shard needs inner modules first"
     assert unpatched.index(model.audio_tower) < unpatched.index(model.audio_tower.layers[0])  # veRL's order
-    decoder = [m for m in selected if type(m).__name__ == "Qwen2_5OmniDecoderLayer"]
+    decoder = [m for m in selected if type(m).__name__ == decoder_layer]
     assert decoder == list(model.model.layers)  # order of unrelated modules kept
 
 
