@@ -222,15 +222,19 @@ def write_plots(results: dict, out: Path) -> list[str]:
     k12 = "12"
     _plot_arms(plt, results, out / "exact_accuracy_by_k.png", "Exact-sequence accuracy by K (uniform clips, greedy)",
                "exact accuracy", "K (tones in the clip)",
-               lambda e: ([int(k) for k in e["greedy"]["uniform"]], [v["exact"] for v in e["greedy"]["uniform"].values()]))
-    _plot_arms(plt, results, out / "position_accuracy_k12.png", "Per-position naming accuracy, K = 12 (uniform, greedy)",
+               lambda e: ([int(k) for k in e["greedy"]["uniform"]],
+                          [v["exact"] for v in e["greedy"]["uniform"].values()]))
+    _plot_arms(plt, results, out / "position_accuracy_k12.png",
+               "Per-position naming accuracy, K = 12 (uniform, greedy)",
                "accuracy at position t", "position t",
                lambda e: (list(range(1, 13)), e["greedy"]["uniform"][k12]["position_acc"]), chance=1 / 3)
     _plot_arms(plt, results, out / "audio_mass_by_position.png",
                "Audio attention mass by position, K = 12 (teacher forced, mean of layers)", "audio mass",
-               "position t", lambda e: (list(range(1, 13)), e["teacher_forced"]["uniform"][k12]["audio_mass_layer_mean"]))
+               "position t",
+               lambda e: (list(range(1, 13)), e["teacher_forced"]["uniform"][k12]["audio_mass_layer_mean"]))
     _plot_arms(plt, results, out / "delta_h_by_position.png", "Δh = H(no audio) − H(audio) by position, K = 12",
-               "Δh (nats)", "position t", lambda e: (list(range(1, 13)), e["teacher_forced"]["uniform"][k12]["delta_h"]))
+               "Δh (nats)", "position t",
+               lambda e: (list(range(1, 13)), e["teacher_forced"]["uniform"][k12]["delta_h"]))
     _plot_perturbation(plt, results, out / "perturbation_k12.png")
     _plot_rewards(plt, results, out / "reward_over_steps.png")
     return list(PLOTS)
@@ -245,7 +249,8 @@ def _plot_perturbation(plt, results, path: Path):
     figure, axis = plt.subplots(figsize=(8.4, 4.2))
     width = 0.8 / len(conditions)
     for index, (label, pick) in enumerate(conditions):
-        means = [np.mean([np.mean(pick(r["evaluation"])["position_acc"]) for r in results[arm].values()]) for arm in arms]
+        means = [np.mean([np.mean(pick(r["evaluation"])["position_acc"]) for r in results[arm].values()])
+                 for arm in arms]
         axis.bar(np.arange(len(arms)) + index * width, means, width=width, label=label)
     axis.axhline(1 / 3, color="grey", linestyle=":", label="chance")
     axis.set_xticks(np.arange(len(arms)) + 0.4 - width / 2, arms)
@@ -298,7 +303,8 @@ def write_summary(results: dict, out: Path) -> Path:
     lines += ["", "Runs:", ""]
     for arm in _arm_order(results):
         for seed, record in sorted(results[arm].items()):
-            lines.append(f"- {arm}, seed {seed}: {record.get('steps', 0)} RL steps, wall {record.get('wall_s', 0):.0f} s"
+            lines.append(f"- {arm}, seed {seed}: {record.get('steps', 0)} RL steps, "
+                         f"wall {record.get('wall_s', 0):.0f} s"
                          + (f"; `{record['command']}`" if record.get("command") else ""))
     lines += ["", f"Versions: {json.dumps(first['versions'])}", ""]
     lines += [f"![{name}]({name})" for name in PLOTS]
@@ -329,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--steps", type=int, help="RL steps per arm")
     parser.add_argument("--warm-steps", type=int, help="supervised warm-start steps")
+    parser.add_argument("--pool", type=int, help="supervised warm-start training clips")
     parser.add_argument("--clips-per-k", type=int, help="evaluation clips per K and distribution")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "grounding")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "grounding")
@@ -342,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     sizes = dict(_QUICK if args.quick else _FULL)
-    for key, value in (("steps", args.steps), ("warm_steps", args.warm_steps), ("clips_per_k", args.clips_per_k)):
+    for key, value in (("steps", args.steps), ("warm_steps", args.warm_steps), ("pool", args.pool),
+                       ("clips_per_k", args.clips_per_k)):
         if value is not None:
             sizes[key] = value
     args.out.mkdir(parents=True, exist_ok=True)
@@ -364,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         for arm in todo:
             if arm == BASELINE:
                 run = {"wall_s": warm["wall_s"], "command": f"python -m mapo_verl.demo.warm_start --out {model} "
-                       f"--steps {sizes['warm_steps']} --seed {seed} --pool {sizes['pool']}"}
+                       f"--steps {warm['steps']} --seed {seed} --pool {warm['pool']}"}
                 checkpoint, steps = None, 0
             else:
                 run = run_arm(arm, seed, model, data, sizes["steps"], work, args.quick)

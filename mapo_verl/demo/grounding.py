@@ -70,7 +70,8 @@ def make_labels(num_tones: int, distribution: str, rng: np.random.Generator) -> 
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {list(DISTRIBUTIONS)}, got {distribution!r}")
     if not 1 <= num_tones <= MAX_TONES:
-        raise ValueError(f"num_tones must be in [1, {MAX_TONES}] (clips hold at most {CLIP_SECONDS} s), got {num_tones}")
+        raise ValueError(f"num_tones must be in [1, {MAX_TONES}] (clips hold at most {CLIP_SECONDS} s), "
+                         f"got {num_tones}")
     classes = len(TONE_NAMES)
     labels = [int(rng.integers(classes))]
     for _ in range(num_tones - 1):

@@ -90,7 +90,7 @@ def _teacher_forced(model, processor, encoded: list[Encoded]) -> dict:
     per_layer = [[float(np.mean([row[t][layer] for row in mass])) for t in range(k)] for layer in range(layers)]
     return {"position_acc": _mean_by_position(acc, k), "delta_h": _mean_by_position(delta, k),
             "audio_mass_by_layer": per_layer,
-            "audio_mass_layer_mean": [float(np.mean([per_layer[layer][t] for layer in range(layers)])) for t in range(k)]}
+            "audio_mass_layer_mean": [float(np.mean([curve[t] for curve in per_layer])) for t in range(k)]}
 
 
 def evaluate(model, processor, clips_per_k: int = 100, tones: tuple[int, ...] = EVAL_TONES, seed: int = 0) -> dict:
@@ -102,7 +102,8 @@ def evaluate(model, processor, clips_per_k: int = 100, tones: tuple[int, ...] = 
     for d_index, distribution in enumerate(DISTRIBUTIONS):
         record["greedy"][distribution], record["teacher_forced"][distribution] = {}, {}
         for k in tones:
-            examples = make_examples(clips_per_k, (k, k), distribution, seed=_EVAL_SEED + 1000 * seed + 100 * d_index + k)
+            clip_seed = _EVAL_SEED + 1000 * seed + 100 * d_index + k
+            examples = make_examples(clips_per_k, (k, k), distribution, seed=clip_seed)
             encoded = encode(processor, examples)
             truths = [[TONE_NAMES[label] for label in e.labels] for e in examples]
             record["greedy"][distribution][str(k)] = _greedy_scores(_decode(model, processor, encoded, k), truths)
@@ -112,7 +113,8 @@ def evaluate(model, processor, clips_per_k: int = 100, tones: tuple[int, ...] = 
                 silence = [rng.normal(0.0, 0.005, size=e.clip.shape).astype(np.float32) for e in examples]
                 swapped = [examples[(i + 1) % len(examples)] for i in range(len(examples))]
                 predicted_silence = _decode(model, processor, encode(processor, examples, clips=silence), k)
-                predicted_swap = _decode(model, processor, encode(processor, examples, clips=[e.clip for e in swapped]), k)
+                swapped_clips = [e.clip for e in swapped]
+                predicted_swap = _decode(model, processor, encode(processor, examples, clips=swapped_clips), k)
                 record["perturbation"][distribution] = {
                     "silence_vs_original": _greedy_scores(predicted_silence, truths),
                     "swap_vs_original": _greedy_scores(predicted_swap, truths),

@@ -51,7 +51,8 @@ def load_actor_checkpoint(model, checkpoint_dir: str | Path) -> None:
     state = {name: (t.full_tensor() if hasattr(t, "full_tensor") else t) for name, t in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
 
 
 def prompt_text(processor) -> str:
@@ -77,8 +78,8 @@ def encode(processor, examples: list[Example], clips: list | None = None) -> lis
         inputs = processor(text=[text], audio=[clip], return_tensors="pt")
         frames = int(inputs["feature_attention_mask"][0].sum())
         answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        out.append(Encoded(inputs["input_ids"][0], torch.tensor(answer), inputs["input_features"][0, :, :frames].clone(),
-                           example.labels))
+        features = inputs["input_features"][0, :, :frames].clone()
+        out.append(Encoded(inputs["input_ids"][0], torch.tensor(answer), features, example.labels))
     return out
 
 

@@ -26,7 +26,9 @@ from pathlib import Path
 __all__ = ["CONSOLE_LINE", "INTERRUPTED", "default_recipes_dir", "main_ppo_command", "run_logged", "main"]
 
 # Lines of main_ppo's output the console shows: progress, step metrics, errors, our own notes.
-CONSOLE_LINE = re.compile(r"Training Progress|step:\d+ - |Traceback|(?:^|\) |\x1b\[0m )\w*(?:Error|Exception): |\[mapo_verl\]")
+CONSOLE_LINE = re.compile(
+    r"Training Progress|step:\d+ - |Traceback|(?:^|\) |\x1b\[0m )\w*(?:Error|Exception): |\[mapo_verl\]"
+)
 _FAILURE_TAIL_LINES = 60
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C
 _STOP_GRACE_S = 30

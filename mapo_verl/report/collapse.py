@@ -262,7 +262,8 @@ def write_report(source: str | pathlib.Path, out_dir: str | pathlib.Path) -> pat
         lines.append(f"Δh late/early ratio at the last step: {dh_ratio:.3g} ({why})." if dh_ratio is not None
                      else f"Δh late/early ratio at the last step: not reported ({why}).")
     if "mapo/omega_min" in last:
-        lines.append(f"ω̃ at the last step spans [{last['mapo/omega_min']:.6g}, {last.get('mapo/omega_max', math.nan):.6g}].")
+        upper = last.get("mapo/omega_max", math.nan)
+        lines.append(f"ω̃ at the last step spans [{last['mapo/omega_min']:.6g}, {upper:.6g}].")
     if not written:
         lines += ["", "No `mapo/*` position metrics were found: was the run a MAPO run (trainer.v1.trainer_mode=mapo)?"]
     lines += [""] + [f"![{title}]({name})" for name, title in written]
@@ -286,7 +287,8 @@ def _overlay_positions(plt, runs, prefix: str, ylabel: str, title: str, path: pa
     for label, steps in runs.items():
         with_curve = [s for s in sorted(steps) if decile_curve(steps[s], prefix) is not None]
         if with_curve:
-            axis.plot(positions, decile_curve(steps[with_curve[-1]], prefix), marker="o", label=f"{label} (step {with_curve[-1]})")
+            step = with_curve[-1]
+            axis.plot(positions, decile_curve(steps[step], prefix), marker="o", label=f"{label} (step {step})")
             shown.append(label)
     if not shown:
         plt.close(figure)
@@ -369,7 +371,8 @@ def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.P
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("metrics", nargs="?", help="veRL file-logger .jsonl of the run, or its TensorBoard log directory")
+    parser.add_argument("metrics", nargs="?",
+                        help="veRL file-logger .jsonl of the run (or its directory), or its TensorBoard log directory")
     parser.add_argument("--compare", nargs="+", metavar="RUN",
                         help="overlay several runs (run directories with metrics.jsonl, .jsonl files or TB dirs)")
     parser.add_argument("--out", default=None, help="output directory (default: collapse_report, or compare)")
