@@ -1,19 +1,25 @@
 """What MAPO knows about audio model inputs (pure torch, no veRL import).
 
 - the audio keys of a sample's ``multi_modal_inputs`` (what the processor returned) and of
-  the model call (:data:`AUDIO_MODEL_KEYS`), and the audio placeholder token id of a model
-  config (:func:`audio_token_id`);
+  the model call (:data:`AUDIO_MODEL_KEYS`), the audio placeholder token id of a model
+  config (:func:`audio_token_id`) and the ids of the tokens the attention loss counts as
+  audio keys (:func:`audio_key_token_ids`: the placeholders, and by default the audio
+  start/end markers, as the authors' release);
 - removing the audio for the audio-ablated pass (spec §4), :func:`ablate_audio`, per
   sample, in three modes:
 
-- ``drop`` (the authors'): remove the audio feature keys; the audio placeholder tokens
-  stay in ``input_ids`` (so response positions and rope positions stay aligned) and keep
-  their plain token embeddings.
+- ``drop`` (the authors'): remove the audio features (``input_features``); the audio
+  placeholder tokens stay in ``input_ids`` and keep their plain token embeddings, and the
+  clip lengths (``feature_attention_mask`` / ``audio_feature_lengths``) stay, so response
+  positions and rope positions stay aligned whether the positions come with the batch or
+  the model computes them (the Omni thinkers on Megatron-Bridge).
 - ``zero``: keep the keys, replace the features by silence (zeros).
 - ``noise``: keep the keys, replace the features by Gaussian noise with the sample's own
   feature standard deviation times ``noise_scale``.
 
-Image and video keys are left untouched: only the audio is ablated.
+With ``scope="audio"`` (the authors' default) image and video keys are left untouched; with
+``scope="all"`` the image and video features of a sample with audio are dropped too
+(:data:`VISION_FEATURE_KEYS`; their grids stay, for the same position alignment).
 """
 
 from __future__ import annotations
@@ -66,20 +72,29 @@ def ablate_audio(
     *,
     noise_scale: float = 1.0,
     generator: torch.Generator | None = None,
+    scope: str = "audio",
 ) -> dict[str, Any] | None:
-    """A copy of ``inputs`` with the audio removed according to ``mode``.
+    """A copy of ``inputs`` with the audio removed according to ``mode`` (and, with
+    ``scope="all"``, the image / video inputs dropped too).
 
     Samples without audio come back unchanged (``None`` stays ``None``).
     """
     if mode not in ABLATION_MODES:
         raise ValueError(f"ablation mode must be one of {list(ABLATION_MODES)}, got {mode!r}")
+    if scope not in MODALITY_SCOPES:
+        raise ValueError(f"text_only_modality_scope must be one of {list(MODALITY_SCOPES)}, got {scope!r}")
     if inputs is None:
         return None
     out = dict(inputs)
     if not has_audio(inputs):
         return out
+    if scope == "all":
+        for key in VISION_FEATURE_KEYS:
+            out.pop(key, None)
     if mode == "drop":
-        for key in AUDIO_FEATURE_KEYS + AUDIO_MASK_KEYS:
+        # the masks / lengths stay: models that build their rope index themselves (the Omni thinkers on
+        # Megatron-Bridge) read the clip lengths for the positions of the placeholders
+        for key in AUDIO_FEATURE_KEYS:
             out.pop(key, None)
         return out
     for key in AUDIO_FEATURE_KEYS:

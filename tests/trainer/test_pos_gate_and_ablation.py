@@ -51,7 +51,8 @@ def test_ablation_modes():
     features = torch.randn(1, 8, 20)
     sample = {"input_features": features, "feature_attention_mask": torch.ones(1, 20), "pixel_values": torch.ones(2)}
     dropped = ablate_audio(sample, "drop")
-    assert set(dropped) == {"pixel_values"} and "input_features" in sample  # the original is untouched
+    # features gone, clip lengths kept (rope positions); the original is untouched
+    assert set(dropped) == {"pixel_values", "feature_attention_mask"} and "input_features" in sample
     zeroed = ablate_audio(sample, "zero")
     assert zeroed["input_features"].abs().sum() == 0 and torch.equal(zeroed["feature_attention_mask"], torch.ones(1, 20))
     noisy = ablate_audio(sample, "noise", noise_scale=2.0, generator=torch.Generator().manual_seed(0))
