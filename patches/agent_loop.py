@@ -98,7 +98,7 @@ def _no_stop_iteration(method):
             return method(*args, **kwargs)
         except StopIteration as error:
             raise RuntimeError(
-                f"{method.__name__} raised StopIteration: the processor found more placeholder tokens in the prompt "
+                f"{getattr(method, '__name__', type(method).__name__)} raised StopIteration: the processor found more placeholder tokens in the prompt "
                 "text than inputs (a literal <|AUDIO|> / <|IMAGE|> token in the text?)"
             ) from error
 

@@ -9,7 +9,9 @@ category (MMAU: task and difficulty; MMAR: modality and category; MMSU: category
 with every prediction as JSON lines.
 
 Generation uses vLLM when it is installed (``--backend auto``), else HF ``generate``.
-``--predictions`` re-scores saved predictions without a model.
+``--predictions`` re-scores saved predictions without a model; a question without a saved
+prediction counts as wrong (``overall``), and ``answered`` gives the accuracy over the
+questions that have one.
 
 Examples::
 
@@ -36,7 +38,7 @@ from mapo_verl.data.mcqa import (
     RecordError,
     normalize_record,
     prompt_text,
-    read_records,
+    read_records_with_lines,
     row_id,
 )
 from mapo_verl.rewards.answer import extract_choice
@@ -59,7 +61,7 @@ def load_items(path: Path, *, audio_root: Path | None, audio_ext: str,
                answer_index_base: int) -> tuple[list[MCQARecord], list[dict]]:
     """The usable questions of a benchmark file and the skipped rows (with row, id, kind and detail)."""
     items, skipped, seen = [], [], set()
-    for row, raw in enumerate(read_records(path)):
+    for row, (line, raw) in enumerate(read_records_with_lines(path)):
         try:
             record = normalize_record(raw, row=row, audio_root=audio_root or path.parent, audio_ext=audio_ext,
                                       answer_index_base=answer_index_base)
@@ -68,7 +70,8 @@ def load_items(path: Path, *, audio_root: Path | None, audio_ext: str,
             if not record.audio.is_file():
                 raise RecordError("missing_audio", f"no file at {record.audio}")
         except RecordError as error:
-            skipped.append({"row": row, "id": row_id(raw, row), "kind": error.kind, "detail": error.detail})
+            skipped.append({"row": row, "line": line, "id": row_id(raw, row), "kind": error.kind,
+                            "detail": error.detail})
             continue
         seen.add(record.id)
         items.append(record)
@@ -88,14 +91,21 @@ def messages_for(record: MCQARecord, audio, instruction: str, system_prompt: str
 # ---------------------------------------------------------------------------------------- scoring
 
 
-def score(items: Sequence[MCQARecord], responses: dict[str, str], group_fields: Sequence[str]) -> list[dict]:
+def score(items: Sequence[MCQARecord], responses: dict[str, str], group_fields: Sequence[str],
+          missing_as_wrong: bool = False) -> list[dict]:
     """One result per item: the letter read from its response (None: no answer) and whether it is correct.
 
-    Items without a response (their audio could not be decoded) are left out.
+    Items without a response are wrong results marked ``missing`` when ``missing_as_wrong``
+    (saved predictions that lack them), else left out (their audio could not be decoded).
     """
     results = []
     for record in items:
         if record.id not in responses:
+            if missing_as_wrong:
+                results.append({"id": record.id, "answer": record.answer_letter, "prediction": None, "correct": False,
+                                "groups": {name: record.meta.get(name) for name in group_fields
+                                           if record.meta.get(name) is not None},
+                                "response": None, "missing": True})
             continue
         chosen = extract_choice(responses[record.id], record.choices)
         results.append({
@@ -114,7 +124,8 @@ def _cell(correct: int, total: int) -> dict:
 
 
 def accuracy_tables(results: Sequence[dict], group_fields: Sequence[str]) -> dict:
-    """``{"overall": cell, "by": {field: {value: cell}}}``; a cell is ``{correct, total, accuracy (%)}``."""
+    """``{"overall": cell, "answered": cell, "by": {field: {value: cell}}}``; a cell is
+    ``{correct, total, accuracy (%)}``; ``answered`` leaves out the results marked ``missing``."""
     by: dict[str, dict[str, list[int]]] = {name: defaultdict(lambda: [0, 0]) for name in group_fields}
     for result in results:
         for name, value in result["groups"].items():
@@ -122,6 +133,8 @@ def accuracy_tables(results: Sequence[dict], group_fields: Sequence[str]) -> dic
             by[name][value][1] += 1
     return {
         "overall": _cell(sum(r["correct"] for r in results), len(results)),
+        "answered": _cell(sum(r["correct"] for r in results if not r.get("missing")),
+                          sum(1 for r in results if not r.get("missing"))),
         "by": {name: {value: _cell(*counts) for value, counts in sorted(table.items())}
                for name, table in by.items() if table},
     }
@@ -129,7 +142,10 @@ def accuracy_tables(results: Sequence[dict], group_fields: Sequence[str]) -> dic
 
 def markdown(title: str, tables: dict, skipped: int) -> str:
     lines = [f"## {title}", "", f"{tables['overall']['total']} evaluated, {skipped} skipped", ""]
-    overall = tables["overall"]
+    overall, answered = tables["overall"], tables.get("answered", tables["overall"])
+    if answered["total"] != overall["total"]:
+        lines[-1:-1] = [f"{overall['total'] - answered['total']} without a prediction count as wrong; over the "
+                        f"{answered['total']} answered: {answered['accuracy']:.2f}%"]
     sections = tables["by"] or {"all": {}}
     for name, table in sections.items():
         lines += [f"| {name} | correct | total | accuracy (%) |", "|---|---:|---:|---:|"]
@@ -150,14 +166,16 @@ def _load_processor(model_path: str):
     return AutoProcessor.from_pretrained(model_path)
 
 
-def _decoded_batches(items, batch_size, sampling_rate, skipped):
-    """Batches of (record, samples); clips that cannot be decoded go to ``skipped``."""
+def _decoded_batches(items, batch_size, sampling_rate, skipped, progress=None):
+    """Batches of (record, samples); clips that cannot be decoded go to ``skipped`` (and advance ``progress``)."""
     batch = []
     for record in items:
         try:
             batch.append((record, load_audio(record.audio, sampling_rate)))
         except AudioDecodeError as error:
             skipped.append({"row": None, "id": record.id, "kind": "unreadable_audio", "detail": str(error)})
+            if progress is not None:
+                progress.update(1)
             continue
         if len(batch) == batch_size:
             yield batch
@@ -182,7 +200,7 @@ def generate_hf(items, args, skipped) -> dict[str, str]:
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
     responses = {}
     progress = tqdm(total=len(items), desc="generate (hf)", unit="item", disable=args.no_progress)
-    for batch in _decoded_batches(items, args.batch_size, sampling_rate, skipped):
+    for batch in _decoded_batches(items, args.batch_size, sampling_rate, skipped, progress):
         texts = [processor.apply_chat_template(messages_for(r, a, args.instruction, args.system_prompt),
                                                add_generation_prompt=True, tokenize=False) for r, a in batch]
         inputs = processor(text=texts, audio=[a for _, a in batch], sampling_rate=sampling_rate,
@@ -245,7 +263,7 @@ def evaluate_file(path: Path, args) -> dict:
     else:
         backend = pick_backend(args.backend)
         responses = (generate_vllm if backend == "vllm" else generate_hf)(items, args, skipped)
-    results = score(items, responses, group_fields)
+    results = score(items, responses, group_fields, missing_as_wrong=backend == "predictions")
     tables = accuracy_tables(results, group_fields)
     stem = path.stem
     output_dir = Path(args.output_dir)
@@ -258,7 +276,8 @@ def evaluate_file(path: Path, args) -> dict:
     (output_dir / f"{stem}.accuracy.md").write_text(table_md + "\n")
     with (output_dir / f"{stem}.predictions.jsonl").open("w") as handle:
         for result in results:
-            handle.write(json.dumps(result, ensure_ascii=False) + "\n")
+            if not result.get("missing"):  # the file holds responses; re-scoring it must find them all
+                handle.write(json.dumps(result, ensure_ascii=False) + "\n")
     print(table_md)
     return summary
 

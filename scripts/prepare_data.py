@@ -46,7 +46,7 @@ from mapo_verl.data.mcqa import (
     RecordError,
     normalize_record,
     prompt_text,
-    read_records,
+    read_records_with_lines,
     row_id,
 )
 
@@ -61,9 +61,13 @@ class _Outcome:
     read: int = 0
 
 
-def _audio_item(record: MCQARecord, audio_format: str, sampling_rate: int):
-    """Decode the clip (so unreadable audio is caught now, not during training) and store it as asked."""
+def _audio_item(record: MCQARecord, audio_format: str, sampling_rate: int, max_seconds: float):
+    """Decode the clip (so unreadable or over-long audio is caught now, not during training) and store it as asked."""
     samples = load_audio(record.audio, sampling_rate)
+    seconds = samples.size / sampling_rate
+    if max_seconds and seconds > max_seconds:
+        raise RecordError("clip_too_long", f"the clip is {seconds:.1f}s, over --max-clip-seconds {max_seconds:g} "
+                                           "(the model's audio window would cut it)")
     if audio_format == "path":
         return str(record.audio.resolve())
     if audio_format == "bytes":
@@ -101,7 +105,7 @@ def convert(args: argparse.Namespace) -> _Outcome:
     from tqdm import tqdm
 
     inputs = [(path, "train") for path in args.input] + [(path, "val") for path in args.val_input or []]
-    loaded = [(Path(path), hint, read_records(path)) for path, hint in inputs]
+    loaded = [(Path(path), hint, read_records_with_lines(path)) for path, hint in inputs]
     outcome = _Outcome()
     accepted_ids: dict[str, str] = {}
     progress = tqdm(total=sum(len(rows) for *_, rows in loaded), desc="prepare_data", unit="row",
@@ -110,7 +114,7 @@ def convert(args: argparse.Namespace) -> _Outcome:
         root = args.audio_root if hint == "train" else args.val_audio_root
         audio_root = Path(root) if root else path.parent
         data_source = args.data_source or path.stem
-        for row_number, raw in enumerate(raw_rows):
+        for row_number, (line, raw) in enumerate(raw_rows):
             progress.update(1)
             outcome.read += 1
             where = f"{path.name}:{row_number}"
@@ -122,13 +126,12 @@ def convert(args: argparse.Namespace) -> _Outcome:
                 if not record.audio.is_file():
                     raise RecordError("missing_audio", f"no file at {record.audio}")
                 try:
-                    audio = _audio_item(record, args.audio_format, args.sampling_rate)
+                    audio = _audio_item(record, args.audio_format, args.sampling_rate, args.max_clip_seconds)
                 except AudioDecodeError as error:
                     raise RecordError("unreadable_audio", str(error)) from error
             except RecordError as error:
-                outcome.bad.append({"file": str(path), "row": row_number, "id": row_id(raw, row_number),
-                                    "kind": error.kind,
-                                    "detail": error.detail})
+                outcome.bad.append({"file": str(path), "row": row_number, "line": line,
+                                    "id": row_id(raw, row_number), "kind": error.kind, "detail": error.detail})
                 continue
             accepted_ids[record.id] = where
             outcome.rows[hint].append(_row(record, audio, data_source=data_source, source=path.name,
@@ -167,7 +170,7 @@ def _report(args: argparse.Namespace, outcome: _Outcome, output_dir: Path) -> di
         "val_inputs": [str(p) for p in args.val_input or []],
         "settings": {key: getattr(args, key) for key in (
             "audio_format", "audio_root", "val_audio_root", "audio_ext", "sampling_rate", "val_ratio", "seed",
-            "answer_index_base", "data_source", "instruction", "system_prompt")},
+            "answer_index_base", "data_source", "instruction", "system_prompt", "max_clip_seconds")},
         "rows_read": outcome.read,
         "rows_written": {split: len(rows) for split, rows in outcome.rows.items()},
         "files": {split: str(output_dir / f"{split}.parquet") for split, rows in outcome.rows.items() if rows},
@@ -188,7 +191,8 @@ def _print_summary(report: dict, report_path: Path, shown: int = 20) -> None:
         if count:
             print(f"  {kind:<22} {count}")
     for entry in bad["rows"][:shown]:
-        print(f"  {Path(entry['file']).name}:{entry['row']} id={entry['id']} {entry['kind']}: {entry['detail']}")
+        where = f" line {entry['line']}" if entry.get("line") else f":{entry['row']}"
+        print(f"  {Path(entry['file']).name}{where} id={entry['id']} {entry['kind']}: {entry['detail']}")
     if bad["count"] > shown:
         print(f"  ... {bad['count'] - shown} more")
     print(f"report: {report_path}")
@@ -208,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "(AVQA's video_name); default .wav")
     parser.add_argument("--audio-format", choices=AUDIO_FORMATS, default="path",
                         help="store clips as absolute paths (default), file bytes, or decoded samples")
+    parser.add_argument("--max-clip-seconds", type=float, default=30.0,
+                        help="clips longer than this are bad rows (clip_too_long); default 30 s, the audio window "
+                             "of Qwen2-Audio / Qwen2.5-Omni / Qwen3-Omni's feature extractor; 0: no limit")
     parser.add_argument("--sampling-rate", type=int, default=DEFAULT_SAMPLING_RATE,
                         help="rate of --audio-format array samples (default 16000)")
     parser.add_argument("--val-ratio", type=float, default=0.05, help="share of the pool held out as val")
@@ -232,15 +239,30 @@ def main(argv: list[str] | None = None) -> int:
     outcome = convert(args)
     report = _report(args, outcome, output_dir)
     report_path = output_dir / "report.json"
-    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    failure, written = None, []
     if not outcome.rows["train"]:
-        _print_summary(report, report_path)
-        print("no usable training rows: nothing written", file=sys.stderr)
-        return 1
-    for split, rows in outcome.rows.items():
-        if rows:
-            _write(rows, output_dir / f"{split}.parquet")
+        failure = "no usable training rows: nothing written"
+    else:
+        for split, rows in outcome.rows.items():
+            if not rows:
+                continue
+            try:
+                _write(rows, output_dir / f"{split}.parquet")
+                written.append(output_dir / f"{split}.parquet")
+            except Exception as error:  # the report must not claim rows that are not on disk
+                failure = f"writing {split}.parquet failed: {type(error).__name__}: {error}; nothing written"
+                for path in written:
+                    path.unlink()
+                break
+    if failure:
+        report["error"] = failure
+        report["rows_written"] = {split: 0 for split in report["rows_written"]}
+        report["files"] = {}
+    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), errors="backslashreplace")
     _print_summary(report, report_path)
+    if failure:
+        print(failure, file=sys.stderr)
+        return 1
     return 1 if args.fail_on_bad_rows and report["bad_rows"]["count"] else 0
 
 

@@ -31,10 +31,12 @@ __all__ = [
     "DEFAULT_INSTRUCTION",
     "BAD_ROW_KINDS",
     "RecordError",
+    "UnreadableLine",
     "MCQARecord",
     "normalize_text",
     "answer_index",
     "read_records",
+    "read_records_with_lines",
     "row_id",
     "normalize_record",
     "prompt_text",
@@ -56,6 +58,9 @@ BAD_ROW_KINDS = (
     "duplicate_choices",
     "answer_not_in_choices",
     "duplicate_id",
+    "text_encoding",
+    "invalid_json",
+    "clip_too_long",
 )
 
 _ID_KEYS = ("id", "question_id", "qid", "uniq_id", "sample_id")
@@ -78,6 +83,14 @@ class RecordError(ValueError):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+@dataclass(frozen=True)
+class UnreadableLine:
+    """A line of a JSON-lines file that is not a JSON value; :func:`normalize_record` reports it."""
+
+    line: int
+    detail: str
 
 
 @dataclass
@@ -106,29 +119,39 @@ def normalize_text(text: Any) -> str:
     return text.strip(" .,;:!?'\"`*")
 
 
-def read_records(path: str | Path) -> list[dict]:
+def read_records(path: str | Path) -> list[dict | UnreadableLine]:
     """The rows of a JSON list, a JSON object holding one list, an id → row mapping, or JSON lines."""
+    return [row for _, row in read_records_with_lines(path)]
+
+
+def read_records_with_lines(path: str | Path) -> list[tuple[int | None, dict | UnreadableLine]]:
+    """``(line number, row)`` for every row of :func:`read_records` (the line is None outside JSON lines).
+
+    Bytes that are not UTF-8 do not reject the file: they are kept as lone surrogates
+    (``surrogateescape``), so that :func:`normalize_record` rejects only the rows holding them.
+    A JSON-lines line that does not parse becomes an :class:`UnreadableLine` with its number.
+    """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
     if path.suffix == ".jsonl":
-        rows = []
+        rows: list[tuple[int | None, dict | UnreadableLine]] = []
         for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append((line_no, json.loads(line)))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_no}: invalid JSON line: {error}") from error
+                rows.append((line_no, UnreadableLine(line_no, f"line {line_no}: invalid JSON: {error}")))
         return rows
     data = json.loads(text)
-    if isinstance(data, list):
-        return data
     if isinstance(data, dict):
         lists = [value for value in data.values() if isinstance(value, list) and value and isinstance(value[0], dict)]
         if len(lists) == 1:
-            return lists[0]
-        if data and all(isinstance(value, dict) for value in data.values()):
-            return [{"id": key, **value} for key, value in data.items()]
+            data = lists[0]
+        elif data and all(isinstance(value, dict) for value in data.values()):
+            data = [{"id": key, **value} for key, value in data.items()]
+    if isinstance(data, list):
+        return [(None, row) for row in data]
     raise ValueError(f"{path}: expected a list of rows, an object with one list of rows, or id -> row objects")
 
 
@@ -136,10 +159,33 @@ def _first(raw: Mapping, keys: Sequence[str]) -> Any:
     return next((raw[key] for key in keys if raw.get(key) not in (None, "")), None)
 
 
+def _bad_text(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` a string is not valid Unicode text (a lone surrogate: undecodable bytes or a bad escape)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            bad = value[error.start]
+            kind = ("bytes that are not UTF-8" if "\udc80" <= bad <= "\udcff" else "a lone surrogate")
+            return f"{where or 'the text'} holds {kind} ({bad!r} at character {error.start})"
+        return None
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _bad_text(item, f"{where}[{key!r}]" if where else f"field {key!r}")
+        if found:
+            return found
+    return None
+
+
 def row_id(raw: Any, row: int) -> str:
     """A source row's id field (``id``, ``question_id``, ...), else its 0-based position ``row``."""
     value = _first(raw, _ID_KEYS) if isinstance(raw, Mapping) else None
-    return str(row) if value is None else str(value)
+    return str(row) if value is None or _bad_text(str(value)) else str(value)
 
 
 def _choices(raw: Mapping) -> list[str]:
@@ -210,8 +256,14 @@ def normalize_record(raw: Mapping, *, row: int, audio_root: str | Path, audio_ex
     integer answers are option indices counted from ``answer_index_base``. The audio file
     itself is not opened here (see :func:`mapo_verl.data.audio.load_audio`).
     """
+    if isinstance(raw, UnreadableLine):
+        kind = "text_encoding" if _bad_text(raw.detail) else "invalid_json"
+        raise RecordError(kind, raw.detail.encode("utf-8", errors="backslashreplace").decode())
     if not isinstance(raw, Mapping):
         raise RecordError("no_question", f"row is a {type(raw).__name__}, not an object")
+    encoding_problem = _bad_text(raw)
+    if encoding_problem:
+        raise RecordError("text_encoding", encoding_problem)
     record_id = row_id(raw, row)
     question = _first(raw, _QUESTION_KEYS)
     if not isinstance(question, str) or not question.strip():

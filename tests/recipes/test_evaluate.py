@@ -81,9 +81,12 @@ def test_rescoring_saved_predictions(benchmark_dir):
                           "--output-dir", str(out)]) == 0
     summary = json.loads((out / "mmau-test-mini.accuracy.json").read_text())
     assert summary["benchmark"] == "mmau" and summary["group_by"] == ["task", "difficulty"]
-    assert summary["overall"] == {"correct": 1, "total": 2, "accuracy": 50.0}  # q1 right, q3 wrong
+    # q1 right, q3 wrong, q2 has no saved prediction: wrong overall, left out of "answered"
+    assert summary["overall"] == {"correct": 1, "total": 3, "accuracy": 100.0 / 3}
+    assert summary["answered"] == {"correct": 1, "total": 2, "accuracy": 50.0}
     assert {(s["id"], s["kind"]) for s in summary["skipped"]} == {("q4", "missing_audio"), ("q2", "no_prediction")}
-    assert "| **overall** | 1 | 2 | 50.00 |" in (out / "mmau-test-mini.accuracy.md").read_text()
+    table = (out / "mmau-test-mini.accuracy.md").read_text()
+    assert "| **overall** | 1 | 3 | 33.33 |" in table and "over the 2 answered: 50.00%" in table
     lines = (out / "mmau-test-mini.predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["q1", "q3"]
 
