@@ -66,11 +66,12 @@ def write_data(work: Path, seed: int, sizes: dict) -> dict[str, Path]:
     from mapo_verl.demo.grounding import make_examples, rows_of
 
     data = work / f"seed{seed}" / "data"
+    train, val = data / f"train{sizes['train_rows']}.parquet", data / f"val{sizes['val_rows']}.parquet"
+    if train.is_file() and val.is_file():  # deterministic from seed and size; another invocation may be reading them
+        return {"train": train, "val": val}
     data.mkdir(parents=True, exist_ok=True)
-    train = write_parquet(rows_of(make_examples(sizes["train_rows"], RL_TONES, "cycle", seed=20_000 + seed), "train"),
-                          data / "train.parquet")
-    val = write_parquet(rows_of(make_examples(sizes["val_rows"], RL_TONES, "cycle", seed=30_000 + seed), "val"),
-                        data / "val.parquet")
+    write_parquet(rows_of(make_examples(sizes["train_rows"], RL_TONES, "cycle", seed=20_000 + seed), "train"), train)
+    write_parquet(rows_of(make_examples(sizes["val_rows"], RL_TONES, "cycle", seed=30_000 + seed), "val"), val)
     return {"train": train, "val": val}
 
 
