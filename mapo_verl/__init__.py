@@ -9,7 +9,11 @@ Importing this package alone never imports veRL: when veRL is already being impo
 
 import sys
 
+from mapo_verl import _import_order
+
 __version__ = "0.1.0"
+
+_import_order.install()  # veRL is imported before the first MAPO module that needs it, never inside one
 
 if "verl" in sys.modules:
     from mapo_verl import plugin  # noqa: F401  (registers MAPO's names in veRL)

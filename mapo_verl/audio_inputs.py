@@ -33,7 +33,11 @@ __all__ = [
     "AUDIO_MASK_KEYS",
     "AUDIO_MODEL_KEYS",
     "ABLATION_MODES",
+    "VISION_FEATURE_KEYS",
+    "MODALITY_SCOPES",
     "audio_token_id",
+    "audio_key_token_ids",
+    "audio_key_mask",
     "has_audio",
     "ablate_audio",
 ]
@@ -43,6 +47,13 @@ AUDIO_FEATURE_KEYS = ("input_features",)
 AUDIO_MASK_KEYS = ("feature_attention_mask", "audio_feature_lengths")
 AUDIO_MODEL_KEYS = AUDIO_FEATURE_KEYS + AUDIO_MASK_KEYS
 ABLATION_MODES = ("drop", "zero", "noise")
+# Image / video features of Qwen2.5-Omni / Qwen3-Omni processors, dropped by the ablation with scope "all"
+# (image_grid_thw / video_grid_thw stay: the rope index reads them).
+VISION_FEATURE_KEYS = ("pixel_values", "pixel_values_videos")
+MODALITY_SCOPES = ("audio", "all")
+# Audio start / end marker ids of Omni configs (Qwen2.5-Omni: <|audio_bos|>/<|audio_eos|>, Qwen3-Omni:
+# <|audio_start|>/<|audio_end|>): the release counts them as audio keys.
+_AUDIO_MARKER_ATTRS = ("audio_start_token_id", "audio_end_token_id")
 
 
 def audio_token_id(config_or_model) -> int:
@@ -56,6 +67,25 @@ def audio_token_id(config_or_model) -> int:
                 return value
     raise ValueError(f"{type(config_or_model).__name__} has no audio_token_id / audio_token_index (nor in "
                      "thinker_config): MAPO's attention loss needs the audio placeholder id to find audio keys")
+
+
+def audio_key_token_ids(config_or_model, include_markers: bool = True) -> tuple[int, ...]:
+    """The token ids whose keys the attention loss counts as audio: the placeholder, and with
+    ``include_markers`` the audio start/end markers the config names (none for Qwen2-Audio)."""
+    ids = [audio_token_id(config_or_model)]
+    if include_markers:
+        config = getattr(config_or_model, "config", config_or_model)
+        for source in (config, getattr(config, "thinker_config", None)):
+            for name in _AUDIO_MARKER_ATTRS:
+                value = getattr(source, name, None)
+                if isinstance(value, int) and not isinstance(value, bool) and value not in ids:
+                    ids.append(value)
+    return tuple(ids)
+
+
+def audio_key_mask(input_ids: torch.Tensor, audio_ids: tuple[int, ...]) -> torch.Tensor:
+    """bool, shaped like ``input_ids``: positions holding one of ``audio_ids``."""
+    return torch.isin(input_ids, torch.tensor(audio_ids, dtype=input_ids.dtype, device=input_ids.device))
 
 
 def has_audio(inputs: Mapping[str, Any] | None) -> bool:

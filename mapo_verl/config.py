@@ -20,9 +20,12 @@ from typing import Any
 from verl.base_config import BaseConfig
 from verl.workers.config import PolicyLossConfig
 
+from mapo_verl.audio_inputs import MODALITY_SCOPES
+
 __all__ = [
     "CONFIG_PREFIX",
     "POS_CONTENT_TAGS",
+    "TOTAL_SCORE_KEY",
     "AttentionLossConfig",
     "POSGateConfig",
     "MAPOConfig",
@@ -33,6 +36,8 @@ __all__ = [
 
 CONFIG_PREFIX = "actor_rollout_ref.actor.policy_loss.mapo"
 POS_CONTENT_TAGS = ("NOUN", "VERB", "ADJ", "ADV", "NUM", "X")
+# task_reward_key value that marks failures by the total score (explicit opt-in)
+TOTAL_SCORE_KEY = "score"
 _UNIVERSAL_TAGS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
                    "PUNCT", "SCONJ", "SYM", "VERB", "X", "CONJ", "PRT", "."}
 
@@ -95,6 +100,9 @@ class AttentionLossConfig(BaseConfig):
         advantage_floor_eps: floor of ``|Â|`` for failed responses.
         fail_floor: floor of the failure gate ``f̂ = max(fail, floor)``, in [0, 1].
         pref_cap: C_pref, cap of the preference gate (0 = no cap).
+        include_audio_markers: count the audio start/end marker tokens (``audio_start_token_id`` /
+            ``audio_end_token_id`` of the model config, where it has them) as audio keys besides
+            the audio placeholders, as the authors' release does.
     """
 
     SECTION_KEY = f"{CONFIG_PREFIX}.attention"
@@ -108,6 +116,7 @@ class AttentionLossConfig(BaseConfig):
     advantage_floor_eps: float = 0.02
     fail_floor: float = 0.1
     pref_cap: float = 3.0
+    include_audio_markers: bool = True
 
     def __post_init__(self):
         s = ".attention"
@@ -126,6 +135,8 @@ class AttentionLossConfig(BaseConfig):
                  self.fail_floor)
         _require(_is_number(self.pref_cap) and self.pref_cap >= 0, s, "pref_cap",
                  "a finite number >= 0 (C_pref, 0 = no cap)", self.pref_cap)
+        _require(isinstance(self.include_audio_markers, bool), s, "include_audio_markers", "true or false",
+                 self.include_audio_markers)
 
     @property
     def enabled(self) -> bool:
@@ -139,8 +150,11 @@ class POSGateConfig(BaseConfig):
     Args:
         enable: gate the attention loss to content words; ``False`` gates every token.
         tags: universal POS tags that pass the gate.
-        tagger: ``auto`` (spaCy with an installed English model, else NLTK with its tagger
-            data present, else the built-in lexicon), ``spacy``, ``nltk``, ``lexicon``.
+        tagger: ``auto`` (NLTK with its tagger data present — the authors' tagger, Penn tags
+            mapped to coarse ones —, else spaCy with an installed English model, else the
+            built-in lexicon), ``nltk``, ``spacy``, ``lexicon``.
+        empty_fallback: a response none of whose tokens passes the gate is gated all ones
+            (the release's rule; a response whose tagging fails is always gated all ones).
     """
 
     SECTION_KEY = f"{CONFIG_PREFIX}.pos_gate"
@@ -148,6 +162,7 @@ class POSGateConfig(BaseConfig):
     enable: bool = True
     tags: list[str] = field(default_factory=lambda: list(POS_CONTENT_TAGS))
     tagger: str = "auto"
+    empty_fallback: bool = True
 
     def __post_init__(self):
         s = ".pos_gate"
@@ -157,6 +172,7 @@ class POSGateConfig(BaseConfig):
                  f"a non-empty list of universal POS tags {sorted(_UNIVERSAL_TAGS)}", self.tags)
         _require(self.tagger in ("auto", "spacy", "nltk", "lexicon"), s, "tagger",
                  "one of ['auto', 'spacy', 'nltk', 'lexicon']", self.tagger)
+        _require(isinstance(self.empty_fallback, bool), s, "empty_fallback", "true or false", self.empty_fallback)
 
 
 @dataclass
@@ -173,8 +189,15 @@ class MAPOConfig(BaseConfig):
             (the current weights).
         noise_scale: standard deviation of ``noise`` features, relative to each sample's
             feature standard deviation.
+        text_only_modality_scope: what the ablated pass removes: ``audio`` (the audio inputs
+            only, as the authors' default) or ``all`` (every non-text modality: audio, images,
+            video).
+        attention_only: train on ``η·L_attn`` alone: the policy-gradient term is kept at zero
+            weight (its advantages are zeroed, so loss and gradient are exactly 0) — the
+            release's ablation switch; needs ``attention.coef > 0`` and no KL / entropy loss.
         task_reward_key: the reward-extra-info key of the task (accuracy) reward whose
-            value ≤ 0 marks a failed response; the score is used where it is missing.
+            value ≤ 0 marks a failed response; a response without it is an error at the
+            first step. ``score`` (:data:`TOTAL_SCORE_KEY`) opts in to the total score.
         pos_gate: :class:`POSGateConfig`.
         attention: :class:`AttentionLossConfig`.
     """
@@ -186,6 +209,8 @@ class MAPOConfig(BaseConfig):
     ablation: str = "drop"
     ablation_reference: str = "ref"
     noise_scale: float = 1.0
+    text_only_modality_scope: str = "audio"
+    attention_only: bool = False
     task_reward_key: str = "acc"
     pos_gate: POSGateConfig = field(default_factory=POSGateConfig)
     attention: AttentionLossConfig = field(default_factory=AttentionLossConfig)
@@ -203,8 +228,13 @@ class MAPOConfig(BaseConfig):
                  self.noise_scale)
         _require(isinstance(self.task_reward_key, str) and self.task_reward_key != "", "", "task_reward_key",
                  "a non-empty string", self.task_reward_key)
+        _require(self.text_only_modality_scope in MODALITY_SCOPES, "", "text_only_modality_scope",
+                 f"one of {list(MODALITY_SCOPES)}", self.text_only_modality_scope)
+        _require(isinstance(self.attention_only, bool), "", "attention_only", "true or false", self.attention_only)
         object.__setattr__(self, "pos_gate", _coerce(POSGateConfig, self.pos_gate))
         object.__setattr__(self, "attention", _coerce(AttentionLossConfig, self.attention))
+        _require(not self.attention_only or self.attention.enabled, "", "attention_only",
+                 "false when attention.coef is 0 (nothing would be trained)", self.attention_only)
 
 
 @dataclass

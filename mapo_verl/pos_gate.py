@@ -1,21 +1,28 @@
 """Part-of-speech gate over response tokens (spec §2): which tokens the attention loss sees.
 
-The response ids are decoded token by token, grouped into words (a token that starts
-with whitespace or punctuation starts a new word), the words are tagged with universal POS
-tags, and every token inherits its word's tag. A token passes the gate when its tag is
-one of the configured content tags (NOUN, VERB, ADJ, ADV, NUM, X by default).
+The response ids are decoded token by token and grouped into words: a token that starts
+with whitespace or is punctuation starts a new word, and a token made only of whitespace
+(a space, a newline) ends the current word and belongs to none. The words are tagged with
+coarse POS tags and every token inherits its word's tag. A token passes the gate when its
+tag is one of the configured content tags (NOUN, VERB, ADJ, ADV, NUM, X by default).
 
-Taggers, all offline (nothing is downloaded at run time):
+Taggers, all offline (nothing is downloaded at run time; docs/DESIGN.md "Part-of-speech gate"
+has the table of how they differ):
 
-- ``spacy``: spaCy with an installed English pipeline (``en_core_web_sm`` …);
-- ``nltk``: NLTK's averaged-perceptron tagger, when its data is already on disk;
+- ``nltk``: NLTK's averaged-perceptron tagger (Penn Treebank tags), when its data is already
+  on disk, mapped to coarse tags by :func:`penn_to_coarse` exactly as the authors' release
+  does (auxiliaries are ``VB*`` and so ``VERB``; modals, ``WRB``, ``EX`` … fall to ``X``);
+- ``spacy``: spaCy with an installed English pipeline (``en_core_web_sm`` …), universal tags;
 - ``lexicon``: a built-in closed-class lexicon. Closed classes (determiners, pronouns,
   adpositions, conjunctions, auxiliaries, particles, interjections) are finite lists, so
   they are tagged exactly; numbers and punctuation by their form; every other word is an
   open-class content word, tagged ``NOUN``. It cannot tell NOUN, VERB, ADJ and ADV apart,
   so it refuses tag sets that keep some of them and not the others; it cannot know proper
   nouns either (they count as open-class words).
-- ``auto``: the first of spaCy, NLTK, lexicon that is available.
+- ``auto``: the first of NLTK, spaCy, lexicon that is available.
+
+Fallbacks, as the release: a response whose tagging raises, or (with
+``pos_gate.empty_fallback``) whose gate would be all zero, is gated all ones.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LexiconTagger", "build_tagger", "PartOfSpeechGate", "words_of_tokens"]
+__all__ = ["LexiconTagger", "PENN_TO_COARSE", "penn_to_coarse", "build_tagger", "PartOfSpeechGate", "words_of_tokens"]
 
 _CLOSED_CLASS = {
     "DET": "a an the this that these those each every some any no another either neither all both half such what "
@@ -95,13 +102,45 @@ class _SpacyTagger:
         return [token.pos_ for token in doc]
 
 
+# Penn Treebank tag (or tag prefix, for the NN*/VB*/JJ*/RB* families) -> coarse tag, as the
+# authors' release maps NLTK's output; every other Penn tag (MD, EX, FW, LS, POS, SYM, UH,
+# WRB, RBR-less oddities …) is the catch-all ``X``.
+PENN_TO_COARSE: dict[str, str] = {
+    **{tag: "PUNCT" for tag in (".", ",", ":", "``", "''", "-LRB-", "-RRB-", "#", "$")},
+    "NN": "NOUN", "VB": "VERB", "JJ": "ADJ", "RB": "ADV",
+    **{tag: "PRON" for tag in ("PRP", "PRP$", "WP", "WP$")},
+    **{tag: "DET" for tag in ("DT", "PDT", "WDT")},
+    "IN": "ADP", "TO": "ADP", "CC": "CONJ", "CD": "NUM", "RP": "PART",
+}
+_PENN_FAMILIES = ("NN", "VB", "JJ", "RB")
+
+
+def penn_to_coarse(tag: str) -> str:
+    """The coarse tag of a Penn Treebank tag (:data:`PENN_TO_COARSE`, catch-all ``X``)."""
+    tag = str(tag).upper()
+    if tag in PENN_TO_COARSE:
+        return PENN_TO_COARSE[tag]
+    family = tag[:2]
+    return PENN_TO_COARSE[family] if family in _PENN_FAMILIES else "X"
+
+
 class _NltkTagger:
+    """NLTK's Penn tagger, mapped by :func:`penn_to_coarse`; punctuation words are ``PUNCT`` untagged."""
+
     name = "nltk"
 
-    def __call__(self, words: Sequence[str]) -> list[str]:
-        import nltk
+    def __init__(self, pos_tag):
+        self._pos_tag = pos_tag
 
-        return [tag if tag != "." else "PUNCT" for _, tag in nltk.pos_tag(list(words), tagset="universal")]
+    def __call__(self, words: Sequence[str]) -> list[str]:
+        lexical = [i for i, word in enumerate(words) if not _is_punct_word(word)]
+        tags = ["PUNCT"] * len(words)
+        tagged = self._pos_tag([words[i] for i in lexical]) if lexical else []
+        if len(tagged) != len(lexical):
+            raise RuntimeError(f"the NLTK tagger returned {len(tagged)} tags for {len(lexical)} words")
+        for i, (_, tag) in zip(lexical, tagged):
+            tags[i] = penn_to_coarse(tag)
+        return tags
 
 
 def _try_spacy():
@@ -118,20 +157,23 @@ def _try_spacy():
 
 
 def _try_nltk():
+    """NLTK's tagger when NLTK and its averaged-perceptron data are installed (nothing is downloaded).
+
+    The probe tags one word, as the release does, so any data layout NLTK itself accepts works.
+    """
     try:
         import nltk
 
-        nltk.data.find("taggers/averaged_perceptron_tagger_eng")
-        nltk.data.find("taggers/universal_tagset")
+        nltk.pos_tag(["probe"])
     except (ImportError, LookupError):
         return None
-    return _NltkTagger()
+    return _NltkTagger(nltk.pos_tag)
 
 
 def build_tagger(kind: str, content_tags: Sequence[str]) -> Callable[[Sequence[str]], list[str]]:
     """The tagger named by ``kind`` (``auto``/``spacy``/``nltk``/``lexicon``), checked against the tag set."""
-    candidates = {"spacy": _try_spacy, "nltk": _try_nltk, "lexicon": LexiconTagger}
-    order = ["spacy", "nltk", "lexicon"] if kind == "auto" else [kind]
+    candidates = {"nltk": _try_nltk, "spacy": _try_spacy, "lexicon": LexiconTagger}
+    order = ["nltk", "spacy", "lexicon"] if kind == "auto" else [kind]
     for name in order:
         if name not in candidates:
             raise ValueError(f"unknown POS tagger {name!r}; choose auto, spacy, nltk or lexicon")
@@ -140,15 +182,15 @@ def build_tagger(kind: str, content_tags: Sequence[str]) -> Callable[[Sequence[s
             break
     else:
         raise RuntimeError(
-            f"POS tagger {kind!r} is not available offline: install spaCy with an English pipeline, or NLTK with "
-            "its averaged_perceptron_tagger_eng and universal_tagset data, or use tagger=lexicon"
+            f"POS tagger {kind!r} is not available offline: install NLTK with its averaged_perceptron_tagger_eng "
+            "data (README, 'POS tagger data'), or spaCy with an English pipeline, or use tagger=lexicon"
         )
     if tagger.name == "lexicon":
         kept = _OPEN_CLASS_TAGS & set(content_tags)
         if kept and kept != _OPEN_CLASS_TAGS:
             raise ValueError(
                 f"the lexicon tagger cannot tell open-class tags apart, but pos_gate.tags keeps {sorted(kept)} "
-                "and not all of NOUN/VERB/ADJ/ADV: install spaCy or NLTK data, or gate on all open classes"
+                "and not all of NOUN/VERB/ADJ/ADV: install NLTK data or spaCy, or gate on all open classes"
             )
     logger.info("MAPO POS gate uses the %s tagger", tagger.name)
     return tagger
@@ -158,21 +200,24 @@ def words_of_tokens(pieces: Sequence[str]) -> tuple[list[str], list[int]]:
     """Group decoded token pieces into words; returns the words and each token's word index.
 
     A piece that begins with whitespace, or is punctuation, starts a new word; a piece made
-    only of whitespace belongs to no word (index −1).
+    only of whitespace (``" "``, ``"\\n"``) belongs to no word (index −1) and ends the current
+    one, so ``["dog", "\\n", "The"]`` is two words; so does a piece that ends with whitespace.
     """
     words: list[str] = []
     owner: list[int] = []
+    word_ended = True
     for piece in pieces:
         stripped = piece.strip()
         if not stripped:
             owner.append(-1)
+            word_ended = True
             continue
-        is_punct = all(unicodedata.category(ch).startswith("P") for ch in stripped)
-        starts_word = not words or piece[:1].isspace() or is_punct or _is_punct_word(words[-1])
-        if starts_word:
+        is_punct = _is_punct_word(stripped)
+        if word_ended or piece[:1].isspace() or is_punct or _is_punct_word(words[-1]):
             words.append(stripped)
         else:
             words[-1] += stripped
+        word_ended = piece[-1:].isspace()  # ".\n" ends its word too
         owner.append(len(words) - 1)
     return words, owner
 
@@ -182,11 +227,16 @@ def _is_punct_word(word: str) -> bool:
 
 
 class PartOfSpeechGate:
-    """Computes ``pos_t`` for padded response ids with a tokenizer and a tagger."""
+    """Computes ``pos_t`` for padded response ids with a tokenizer and a tagger.
 
-    def __init__(self, tokenizer, tags: Sequence[str], tagger: str = "auto"):
+    ``empty_fallback``: a response none of whose tokens passes the gate is gated all ones (the
+    release's rule); a response whose tagging raises is gated all ones in any case.
+    """
+
+    def __init__(self, tokenizer, tags: Sequence[str], tagger: str = "auto", *, empty_fallback: bool = True):
         self.content_tags = frozenset(tags)
         self.tagger = build_tagger(tagger, tags)
+        self.empty_fallback = empty_fallback
         self._tokenizer = tokenizer
         self._piece = lru_cache(maxsize=None)(self._decode_one)
 
@@ -195,7 +245,12 @@ class PartOfSpeechGate:
 
     def __call__(self, responses: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
         """Bool ``[B, T]``: true where the valid response token belongs to a content word."""
+        return self.gate_and_fallbacks(responses, response_mask)[0]
+
+    def gate_and_fallbacks(self, responses: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(gate [B, T], fell_back [B])``: the gate, and the rows that fell back to all ones."""
         gate = torch.zeros(responses.shape, dtype=torch.bool)
+        fell_back = torch.zeros(responses.shape[0], dtype=torch.bool)
         mask = response_mask.bool().cpu()
         ids = responses.cpu()
         for row in range(ids.shape[0]):
@@ -204,10 +259,17 @@ class PartOfSpeechGate:
                 continue
             pieces = [self._piece(int(ids[row, p])) for p in positions]
             words, owner = words_of_tokens(pieces)
-            if not words:
-                continue
-            tags = self.tagger(words)
-            for position, word_index in zip(positions, owner):
-                if word_index >= 0 and tags[word_index] in self.content_tags:
-                    gate[row, position] = True
-        return gate.to(response_mask.device)
+            try:
+                tags = self.tagger(words) if words else []
+            except Exception:  # the release's rule: a tagger failure gates the response all ones
+                logger.warning("MAPO POS gate: the %s tagger failed on row %d; gating it all ones",
+                               self.tagger.name, row, exc_info=True)
+                tags = None
+            if tags is not None:
+                for position, word_index in zip(positions, owner):
+                    if word_index >= 0 and tags[word_index] in self.content_tags:
+                        gate[row, position] = True
+            if tags is None or (self.empty_fallback and not bool(gate[row].any())):
+                gate[row, positions] = True
+                fell_back[row] = True
+        return gate.to(response_mask.device), fell_back

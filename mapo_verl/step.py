@@ -116,7 +116,8 @@ def histogram_metrics(prefix: str, values: torch.Tensor) -> dict[str, float]:
 
 
 def relevance_metrics(relevance: BatchRelevance, cap: float) -> dict[str, float]:
-    """``mapo/*`` metrics of one batch: Δh, ω̃ statistics, the Δh collapse curve by decile."""
+    """``mapo/*`` metrics of one batch: Δh, ω̃ and ν̃ statistics (``mask_clip_frac``: share of ω̃ at
+    C_mask), the Δh collapse curve by decile."""
     metrics = {"mapo/audio_sample_frac": float(relevance.has_audio.float().mean())}
     audio_tokens = relevance.response_mask & relevance.has_audio.unsqueeze(-1)
     if not bool(audio_tokens.any()):
@@ -130,9 +131,15 @@ def relevance_metrics(relevance: BatchRelevance, cap: float) -> dict[str, float]
             "mapo/omega_min": float(omega.min()),
             "mapo/omega_mean": float(omega.mean()),
             "mapo/omega_max": float(omega.max()),
-            "mapo/omega_capped_frac": float((omega >= cap).float().mean()) if cap > 0 else 0.0,
+            "mapo/mask_clip_frac": float((omega >= cap).float().mean()) if cap > 0 else 0.0,
         }
     )
+    # ν̃ lives on the gated tokens (all valid tokens without a POS gate), as the attention branch reads it
+    nu_tokens = audio_tokens if relevance.pos_gate is None else audio_tokens & relevance.pos_gate
+    if bool(nu_tokens.any()):
+        nu = relevance.nu[nu_tokens]
+        metrics.update({"mapo/nu_tilde_min": float(nu.min()), "mapo/nu_tilde_mean": float(nu.mean()),
+                        "mapo/nu_tilde_max": float(nu.max())})
     metrics.update(histogram_metrics("mapo/omega_hist", omega))
     if relevance.pos_gate is not None:
         metrics["mapo/pos_gate_frac"] = float(relevance.pos_gate[audio_tokens].float().mean())

@@ -28,6 +28,7 @@ from mapo_verl.core.attention_loss import (
 )
 from mapo_verl.core.diagnostics import (
     NUM_DECILES,
+    audio_lift,
     decile_metrics,
     late_early_ratio,
     position_deciles,
@@ -55,6 +56,7 @@ __all__ = [
     "reduce_heads",
     "reduce_layers",
     "NUM_DECILES",
+    "audio_lift",
     "position_deciles",
     "sums_by_decile",
     "decile_metrics",

@@ -4,6 +4,11 @@ Late-stage modality collapse shows as Δh (audio dependence) and the audio atten
 falling with the relative position t/T_g. These helpers bin the valid tokens of each row
 into position deciles and return sums and counts, so distributed callers can add them
 across ranks before dividing.
+
+Raw mass falls with position even without collapse: a later query sees more keys, so its
+uniform share of the A audio keys, ``A / N_t``, shrinks. :func:`audio_lift` divides it out
+(``a_t · N_t / A``, 1 = uniform attention over the visible keys), as the authors' follow-up
+analysis recommends.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import torch
 from mapo_verl.core.checks import as_bool_mask
 
 __all__ = ["NUM_DECILES", "LATE_EARLY_DECILES", "position_deciles", "sums_by_decile", "decile_metrics",
-           "late_early_ratio"]
+           "late_early_ratio", "audio_lift"]
 
 NUM_DECILES = 10
 # late/early ratios compare the last and the first 20 % of response positions
@@ -61,3 +66,20 @@ def late_early_ratio(sums: torch.Tensor, counts: torch.Tensor) -> float | None:
     if float(early) == 0:
         return None
     return float((sums[-window:].sum() / late_n) / early)
+
+
+def audio_lift(mass: torch.Tensor, response_mask: torch.Tensor, prompt_lengths: torch.Tensor,
+               audio_keys: torch.Tensor) -> torch.Tensor:
+    """Length-normalised audio mass ``a_t · N_t / A`` at response positions ``[B, T]`` (0 outside the mask).
+
+    ``mass[g, t-1]`` is the audio mass of the query that predicts response token t (log-prob
+    alignment), at 0-based sequence position ``P_g + t − 2`` of an unpadded causal sequence
+    with a ``P_g``-token prompt, so it sees ``N_t = P_g + t − 1`` keys; ``A`` = ``audio_keys[g]``.
+    Rows without audio keys get 0.
+    """
+    mask = as_bool_mask(response_mask, "response_mask")
+    t = torch.arange(1, mask.shape[-1] + 1, device=mass.device, dtype=torch.float64)
+    visible = prompt_lengths.to(device=mass.device, dtype=torch.float64)[:, None] + t - 1
+    keys = audio_keys.to(device=mass.device, dtype=torch.float64)[:, None]
+    lift = mass.detach().double() * visible / keys.clamp(min=1)
+    return torch.where(mask & (keys > 0), lift, torch.zeros_like(lift))

@@ -2,11 +2,11 @@
 
 - the vendor key both engines register under in veRL's ``EngineRegistry``;
 - the batch fields the MAPO trainer writes for the actor update (:data:`COEF_FIELD`,
-  :data:`GATE_FIELD`) and reading them as dense response-aligned tensors;
+  :data:`GATE_FIELD`, :data:`FAILED_FIELD`) and reading them as dense response-aligned tensors;
 - which response tokens the branch applies to (rows that hold an audio token) and the
   mini-batch normalisers ``G`` and ``N`` summed over data-parallel ranks;
 - the MAPO config bound into veRL's ``partial(ppo_loss, config=actor_config)``;
-- the audio-mass statistics behind the ``mapo/audio_mass*`` metrics.
+- the audio-mass statistics behind the ``mapo/audio_mass*`` and ``mapo/audio_lift`` metrics.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from mapo_verl.audio_inputs import audio_key_mask
 from mapo_verl.config import CONFIG_PREFIX, MAPOConfig
-from mapo_verl.core import NUM_DECILES, decile_metrics, late_early_ratio, sums_by_decile
+from mapo_verl.core import NUM_DECILES, audio_lift, decile_metrics, late_early_ratio, sums_by_decile
 from mapo_verl.core.checks import as_bool_mask, check_finite_where
 
 __all__ = [
     "MAPO_ENGINE_VENDOR",
     "COEF_FIELD",
     "GATE_FIELD",
+    "FAILED_FIELD",
     "bound_configs",
     "require_attention_fields",
     "response_width",
@@ -36,6 +38,7 @@ __all__ = [
 MAPO_ENGINE_VENDOR = "mapo"
 COEF_FIELD = "mapo_attn_coef"
 GATE_FIELD = "mapo_attn_gate"
+FAILED_FIELD = "mapo_task_failed"  # 0/1 per response token: fail_g of the token's response (diagnostics)
 
 
 def bound_configs(loss_function) -> tuple[object, MAPOConfig] | None:
@@ -80,23 +83,28 @@ def dense_response_field(value: torch.Tensor, width: int, name: str) -> torch.Te
                      "response-aligned like 'advantages'")
 
 
-def rows_with_audio(input_ids: torch.Tensor, audio_id: int) -> torch.Tensor:
-    """bool ``[B]``: rows of a nested (jagged) ``input_ids`` that hold at least one audio token."""
+def audio_keys_per_row(input_ids: torch.Tensor, audio_ids: tuple[int, ...]) -> torch.Tensor:
+    """long ``[B]``: the number of audio-key tokens in each row of a nested (jagged) ``input_ids``."""
     lengths = input_ids.offsets().diff()
     rows = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
     hits = torch.zeros(len(lengths), dtype=torch.long, device=lengths.device)
-    hits.index_add_(0, rows, (input_ids.values() == audio_id).long())
-    return hits > 0
+    hits.index_add_(0, rows, audio_key_mask(input_ids.values(), audio_ids).long())
+    return hits
 
 
-def branch_masks(data, audio_id: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rows_with_audio(input_ids: torch.Tensor, audio_ids: tuple[int, ...]) -> torch.Tensor:
+    """bool ``[B]``: rows of a nested (jagged) ``input_ids`` that hold at least one audio-key token."""
+    return audio_keys_per_row(input_ids, audio_ids) > 0
+
+
+def branch_masks(data, audio_ids: tuple[int, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(valid, gated)`` ``[B, width]``: response tokens of rows with audio, and the gated ones among them.
 
     Rows without an audio token are left out of the branch: they count in neither ``G`` nor
     ``N`` (their mass is 0 with no gradient).
     """
     response_mask = dense_response_field(data["response_mask"], width, "response_mask").bool()
-    valid = response_mask & rows_with_audio(data["input_ids"], audio_id).to(response_mask.device)[:, None]
+    valid = response_mask & rows_with_audio(data["input_ids"], audio_ids).to(response_mask.device)[:, None]
     gated = as_bool_mask(dense_response_field(data[GATE_FIELD], width, GATE_FIELD), GATE_FIELD) & valid
     return valid, gated
 
@@ -118,29 +126,60 @@ def global_branch_counts(valid: torch.Tensor, gated: torch.Tensor, group, device
     return num_sequences, num_tokens
 
 
+def _response_lengths(response_mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` response lengths: nested rows' lengths, or the last valid position + 1 of a dense mask."""
+    if response_mask.is_nested:
+        return response_mask.offsets().diff()
+    dense = response_mask.bool()
+    last_from_end = dense.flip(-1).to(torch.int8).argmax(dim=-1)
+    return torch.where(dense.any(dim=-1), dense.shape[-1] - last_from_end, torch.zeros_like(last_from_end))
+
+
 class MassStatistics:
-    """Audio-mass sums by response-position decile over one mini-batch, reducible across ranks."""
+    """Audio-mass sums by response-position decile over one mini-batch, reducible across ranks,
+    with the length-normalised lift and the mass on failed / successful responses."""
+
+    # lift sum, failed-token mass sum and count, successful-token mass sum and count
+    _EXTRA = 5
 
     def __init__(self):
         self.sums = torch.zeros(NUM_DECILES, dtype=torch.float64)
         self.counts = torch.zeros(NUM_DECILES, dtype=torch.float64)
+        self.extra = torch.zeros(self._EXTRA, dtype=torch.float64)
 
-    def add(self, mass: torch.Tensor, valid: torch.Tensor) -> None:
-        sums, counts = sums_by_decile(mass.detach().cpu(), valid.cpu())
+    def add(self, mass: torch.Tensor, valid: torch.Tensor, data, audio_ids: tuple[int, ...]) -> None:
+        """Add a micro-batch: ``mass`` and ``valid`` ``[B, T]`` response-aligned, ``data`` its batch."""
+        mass, valid = mass.detach().cpu(), valid.cpu()
+        sums, counts = sums_by_decile(mass, valid)
         self.sums += sums
         self.counts += counts
+        input_ids = data["input_ids"]
+        prompt_lengths = (input_ids.offsets().diff() - _response_lengths(data["response_mask"])).cpu()
+        lift = audio_lift(mass, valid, prompt_lengths, audio_keys_per_row(input_ids, audio_ids).cpu())
+        self.extra[0] += lift[valid].sum()
+        if FAILED_FIELD in data.keys():
+            failed = dense_response_field(data[FAILED_FIELD], mass.shape[-1], FAILED_FIELD).cpu().bool()
+            for offset, rows in ((1, valid & failed), (3, valid & ~failed)):
+                self.extra[offset] += mass[rows].double().sum()
+                self.extra[offset + 1] += rows.sum()
 
     def packed(self) -> torch.Tensor:
-        """One flat float64 tensor to all-reduce (sums, then counts)."""
-        return torch.cat([self.sums, self.counts])
+        """One flat float64 tensor to all-reduce (decile sums, decile counts, then the extra sums)."""
+        return torch.cat([self.sums, self.counts, self.extra])
 
     @staticmethod
     def metrics_from(packed: torch.Tensor) -> dict[str, float]:
-        """``mapo/audio_mass``, ``mapo/audio_mass/decile_k`` and ``mapo/audio_mass/late_early_ratio``."""
-        sums, counts = packed.detach().cpu().double().split(NUM_DECILES)
+        """``mapo/audio_mass`` (+ ``/decile_k``, ``/late_early_ratio``), ``mapo/audio_lift`` and
+        ``mapo/audio_mass_failed`` / ``mapo/audio_mass_success`` (token means over responses whose
+        task reward marks them failed / not failed)."""
+        sums, counts, extra = packed.detach().cpu().double().split([NUM_DECILES, NUM_DECILES, MassStatistics._EXTRA])
         metrics = {}
         if float(counts.sum()) > 0:
             metrics["mapo/audio_mass"] = float(sums.sum() / counts.sum())
+            metrics["mapo/audio_lift"] = float(extra[0] / counts.sum())
+        for name, offset in (("failed", 1), ("success", 3)):
+            if float(extra[offset + 1]) > 0:
+                metrics[f"mapo/audio_mass_{name}"] = float(extra[offset] / extra[offset + 1])
         metrics.update(decile_metrics("mapo/audio_mass", sums, counts))
         ratio = late_early_ratio(sums, counts)
         if ratio is not None:

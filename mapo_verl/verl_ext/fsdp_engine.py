@@ -46,7 +46,7 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.padding import no_padding_2_padding
 
-from mapo_verl.audio_inputs import audio_token_id
+from mapo_verl.audio_inputs import audio_key_mask, audio_key_token_ids
 from mapo_verl.config import CONFIG_PREFIX, AttentionLossConfig
 from mapo_verl.core import attention_objective_from_coefficients
 from mapo_verl.hf import AudioMassProbe, MassCapture
@@ -73,7 +73,7 @@ class _AttentionStep:
     config: AttentionLossConfig
     loss_agg_mode: str
     horizon: int | None
-    audio_token_id: int
+    audio_ids: tuple[int, ...]
     num_sequences: float
     num_tokens: float
     capture: MassCapture | None = None
@@ -135,8 +135,8 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         if tu.get_non_tensor_data(data=data, key="distillation_use_topk", default=False):
             raise NotImplementedError(f"{CONFIG_PREFIX}.attention.coef > 0 cannot be combined with top-k distillation")
         require_attention_fields(data, attention.coef)
-        audio_id = audio_token_id(self.module)
-        valid, gated = branch_masks(data, audio_id, response_width(data))
+        audio_ids = audio_key_token_ids(self.module, attention.include_audio_markers)
+        valid, gated = branch_masks(data, audio_ids, response_width(data))
         check_coefficients(data, gated)
         # G counts the responses the branch applies to (as core.attention_objective), N the gated tokens.
         num_sequences, num_tokens = global_branch_counts(valid, gated, self.get_data_parallel_group(),
@@ -145,7 +145,7 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             config=attention,
             loss_agg_mode=actor_config.loss_agg_mode,
             horizon=getattr(actor_config, "loss_scale_factor", None),
-            audio_token_id=audio_id,
+            audio_ids=audio_ids,
             num_sequences=num_sequences,
             num_tokens=num_tokens,
         )
@@ -157,7 +157,7 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         step = self._mapo_step
         if step is not None:
             input_ids = model_inputs["input_ids"]
-            audio = input_ids == step.audio_token_id
+            audio = audio_key_mask(input_ids, step.audio_ids)
             attention_mask = model_inputs.get("attention_mask")
             if attention_mask is not None:  # padded layout [B, S]
                 audio &= attention_mask.bool()
@@ -190,7 +190,7 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         mass = dense_response_field(self._response_mass(step, data), width, "audio mass")
         # veRL's seq-mean-token-sum-norm divides by loss_scale_factor, else by its padded response width.
         horizon = step.horizon if step.horizon is not None else width
-        valid, gated = branch_masks(data, step.audio_token_id, width)
+        valid, gated = branch_masks(data, step.audio_ids, width)
         attn_loss = attention_objective_from_coefficients(
             mass,
             dense_response_field(data[COEF_FIELD], width, COEF_FIELD),
@@ -202,6 +202,6 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             horizon=horizon,
             dp_size=data["dp_size"],
         )
-        step.statistics.add(mass, valid)
+        step.statistics.add(mass, valid, data, step.audio_ids)
         metrics["mapo/attn_loss"] = Metric(value=attn_loss.detach(), aggregation=AggregationType.SUM)
         return loss + step.config.coef * attn_loss, metrics

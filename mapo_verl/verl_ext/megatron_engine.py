@@ -29,8 +29,9 @@ veRL:
    step's loss exactly as on the FSDP path.
 
 Batch fields consumed (response-aligned like ``advantages``): ``mapo_attn_coef`` (c_t,
-float) and ``mapo_attn_gate`` (0/1); the audio-key mask is ``input_ids == audio_token_id``
-of the HF config (``audio_token_id``, or ``thinker_config.audio_token_id``).
+float) and ``mapo_attn_gate`` (0/1); the audio keys are the tokens of
+:func:`mapo_verl.audio_inputs.audio_key_token_ids` (placeholders, and audio start/end markers
+unless ``attention.include_audio_markers=false``).
 
 Metrics (on the logging rank, reduced over pipeline stages and data-parallel ranks; TP and
 CP ranks hold identical values because the hook gathers heads and veRL's postprocess
@@ -69,7 +70,7 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.megatron.transformer_impl import MegatronEngineWithLMHead
 from verl.workers.utils.padding import no_padding_2_padding
 
-from mapo_verl.audio_inputs import AUDIO_MODEL_KEYS, audio_token_id
+from mapo_verl.audio_inputs import AUDIO_MODEL_KEYS, audio_key_mask, audio_key_token_ids
 from mapo_verl.config import CONFIG_PREFIX
 from mapo_verl.core import attention_objective_from_coefficients
 from mapo_verl.megatron.attention_hook import AudioMassHook, AudioMassRequest, sum_over_pipeline
@@ -127,7 +128,8 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
         actor_config, attention = configs[0], configs[1].attention
         require_attention_fields(data, attention.coef)
         self._install_hook(attention)
-        valid, gated = branch_masks(data, audio_token_id(self.model_config.hf_config), response_width(data))
+        audio_ids = audio_key_token_ids(self.model_config.hf_config, attention.include_audio_markers)
+        valid, gated = branch_masks(data, audio_ids, response_width(data))
         check_coefficients(data, gated)
         # G and N of the mini-batch, summed over data-parallel ranks (as on the FSDP path).
         self._mapo_counts = global_branch_counts(valid, gated, self.get_data_parallel_group(), get_device_id())
@@ -215,8 +217,8 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
         attention = self._mapo_attention
         top = unwrap_model(model)
         input_ids = batch["input_ids"]
-        audio_id = audio_token_id(self.model_config.hf_config)
-        audio = (input_ids.values() == audio_id).to(input_ids.dtype)
+        audio_ids = audio_key_token_ids(self.model_config.hf_config, attention.include_audio_markers)
+        audio = audio_key_mask(input_ids.values(), audio_ids).to(input_ids.dtype)
         audio = torch.nested.nested_tensor_from_jagged(audio, offsets=input_ids.offsets())
         use_fp8_padding = top.config.fp8 in ["e4m3", "hybrid"]
         local_cp_size = tu.get_non_tensor_data(batch, key="local_cp_size", default=None)
@@ -254,9 +256,9 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
             width = response_width(batch)
             # [B, T_resp], aligned with log_probs
             per_token = dense_response_field(no_padding_2_padding(to_sequences(mass), batch), width, "audio mass")
-            valid, gated = branch_masks(batch, audio_id, width)
+            valid, gated = branch_masks(batch, audio_ids, width)
             coef = dense_response_field(batch[COEF_FIELD], width, COEF_FIELD)
-            step.statistics.add(per_token, valid)
+            step.statistics.add(per_token, valid, batch, audio_ids)
             return attention_objective_from_coefficients(
                 per_token, coef, gated, eps=attention.eps, loss_agg_mode=actor_config.loss_agg_mode,
                 num_sequences=num_sequences, num_tokens=num_tokens,

@@ -25,11 +25,11 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from mapo_verl.config import mapo_config_from
+from mapo_verl.config import CONFIG_PREFIX, TOTAL_SCORE_KEY, mapo_config_from
 from mapo_verl.pos_gate import PartOfSpeechGate
 from mapo_verl.step import attention_fields_for_batch, relevance_for_batch, relevance_metrics
 from mapo_verl.verl_ext.advantage import RelevanceInputs, provide_relevance
-from mapo_verl.verl_ext.attention_branch import COEF_FIELD, GATE_FIELD
+from mapo_verl.verl_ext.attention_branch import COEF_FIELD, FAILED_FIELD, GATE_FIELD
 from mapo_verl.verl_ext.validation import MAPO_TRAINER_MODE
 from mapo_verl.verl_ext.worker import (
     ABLATED_ENTROPY_FIELD,
@@ -53,14 +53,27 @@ def _lora_base_is_reference(config) -> bool:
 
 
 def _task_failed(data: TensorDict, key: str) -> torch.Tensor:
-    """``fail_g``: the task reward ``key`` of ``reward_extra_info`` is ≤ 0 (the score where it is absent)."""
+    """``fail_g``: the task reward ``key`` of ``reward_extra_info`` is ≤ 0.
+
+    ``key == TOTAL_SCORE_KEY`` reads the total score instead (the explicit opt-in for reward
+    functions that return one number). A row without ``key`` is an error naming the key, the
+    row and the keys it has: falling back to the total score would count a wrong but
+    well-formatted answer as not failed.
+    """
     scores = data["rm_scores"].sum(dim=-1)
+    if key == TOTAL_SCORE_KEY:
+        return scores <= 0
     extra = tu.get(data, "extra_fields", default=None) or [None] * len(scores)
     values = []
     for row, fields in enumerate(extra):
         info = (fields or {}).get("reward_extra_info", {}) if isinstance(fields, dict) else {}
-        value = info.get(key)
-        values.append(float(scores[row]) if value is None else float(value))
+        if key not in info:
+            raise KeyError(
+                f"{CONFIG_PREFIX}.task_reward_key={key!r} is not in the reward_extra_info of response {row} (it has "
+                f"{sorted(info)}): return it from the reward function, set task_reward_key to the task (accuracy) "
+                f"key, or set task_reward_key={TOTAL_SCORE_KEY} to mark failures by the total score"
+            )
+        values.append(float(info[key]))
     return torch.tensor(values) <= 0
 
 
@@ -121,6 +134,7 @@ class MAPOTrainer(PPOTrainerSync):
             "mapo_ablation": self.mapo.ablation,
             "mapo_noise_scale": self.mapo.noise_scale,
             "mapo_seed": int(self.global_steps),
+            "mapo_modality_scope": self.mapo.text_only_modality_scope,
             "calculate_entropy": True,
             "compute_loss": False,
             "temperature": self.config.actor_rollout_ref.rollout.temperature,
@@ -159,22 +173,23 @@ class MAPOTrainer(PPOTrainerSync):
         attention_on = self.mapo.attention.enabled
         relevance = relevance_for_batch(
             data["entropy"], data[ABLATED_ENTROPY_FIELD], data["response_mask"], data[HAS_AUDIO_FIELD], self.mapo,
-            pos_gate=self._content_word_gate(data) if attention_on else None,
+            pos_gate=self._content_word_gate(data, metrics) if attention_on else None,
         )
-        inputs = RelevanceInputs(omega=relevance.omega,
-                                 loss_agg_mode=self.config.actor_rollout_ref.actor.loss_agg_mode)
+        inputs = RelevanceInputs(omega=relevance.omega, loss_agg_mode=self.config.actor_rollout_ref.actor.loss_agg_mode,
+                                 batch_keys=list(batch.keys), pg_weight=0.0 if self.mapo.attention_only else 1.0)
         with provide_relevance(inputs):
             batch = super()._compute_advantage(batch, metrics)
         metrics.update(relevance_metrics(relevance, self.mapo.mask_cap))
         if attention_on:
-            coefficients, gate = attention_fields_for_batch(
-                relevance, inputs.grpo_advantages, _task_failed(data, self.mapo.task_reward_key), self.mapo
-            )
+            failed = _task_failed(data, self.mapo.task_reward_key)
+            coefficients, gate = attention_fields_for_batch(relevance, inputs.grpo_advantages, failed, self.mapo)
             metrics["mapo/attn_gated_token_frac"] = float(gate.sum() / relevance.response_mask.sum().clamp(min=1))
             output = TensorDict(
                 {
                     COEF_FIELD: response_to_nested(coefficients, nested_response_mask),
                     GATE_FIELD: response_to_nested(gate.to(torch.int64), nested_response_mask),
+                    FAILED_FIELD: response_to_nested(failed[:, None].expand_as(gate).to(torch.int64),
+                                                     nested_response_mask),
                 },
                 batch_size=len(batch),
             )
@@ -188,10 +203,13 @@ class MAPOTrainer(PPOTrainerSync):
             metrics[key.removeprefix("actor/")] = metrics.pop(key)
         return batch
 
-    def _content_word_gate(self, data: TensorDict) -> torch.Tensor | None:
+    def _content_word_gate(self, data: TensorDict, metrics: dict) -> torch.Tensor | None:
         gate_config = self.mapo.pos_gate
         if not gate_config.enable:
             return None
         if self._pos_gate is None:
-            self._pos_gate = PartOfSpeechGate(self.tokenizer, gate_config.tags, gate_config.tagger)
-        return self._pos_gate(data["responses"], data["response_mask"])
+            self._pos_gate = PartOfSpeechGate(self.tokenizer, gate_config.tags, gate_config.tagger,
+                                              empty_fallback=gate_config.empty_fallback)
+        gate, fell_back = self._pos_gate.gate_and_fallbacks(data["responses"], data["response_mask"])
+        metrics["mapo/pos_fallback_frac"] = float(fell_back.float().mean()) if len(fell_back) else 0.0
+        return gate

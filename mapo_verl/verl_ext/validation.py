@@ -21,6 +21,8 @@ ATTENTION_LOSS_STRATEGIES = ("fsdp", "fsdp2", "megatron")
 # ℓ(w·A) = w·ℓ(A) for w ≥ 0 (clipping decided by the advantage's sign only): folding ω̃ into the
 # advantages gives exactly their ω̃-weighted form.
 FOLDABLE_LOSS_MODES = ("vanilla", "gspo", "sapo", "gpg", "cispo", "dppo_tv", "dppo_kl")
+# Loss modes that aggregate with a fixed loss_agg_mode whatever the actor's: the fold must use the same.
+FIXED_AGG_MODES = {"sapo": "seq-mean-token-mean"}
 # The others, and why the fold would silently change them.
 UNFOLDABLE_LOSS_MODES = {
     "geo_mean": "it averages the advantage over each sequence, so the fold cancels and ω̃ has no effect",
@@ -135,6 +137,12 @@ def _check_policy_loss(actor, mapo) -> None:
         raise ValueError(
             f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode!r} cannot carry MAPO's relevance weights "
             f"({reason}): choose one of {list(FOLDABLE_LOSS_MODES)}"
+        )
+    fixed = FIXED_AGG_MODES.get(loss_mode)
+    if fixed is not None and actor.loss_agg_mode != fixed:
+        raise ValueError(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode!r} always aggregates with {fixed!r}, and "
+            f"MAPO folds ω̃ for actor_rollout_ref.actor.loss_agg_mode={actor.loss_agg_mode!r}: set it to {fixed!r}"
         )
     if mapo.attention_only:
         for key, active in (("use_kl_loss", bool(actor.get("use_kl_loss", False))),

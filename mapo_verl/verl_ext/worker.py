@@ -38,7 +38,7 @@ __all__ = [
 ABLATED_ENTROPY_FIELD = "mapo_ablated_entropy"
 HAS_AUDIO_FIELD = "mapo_has_audio"
 # Non-tensor request entries the trainer puts into the batch's extra_info.
-ABLATION_REQUEST_KEYS = ("mapo_ablation", "mapo_noise_scale", "mapo_seed")
+ABLATION_REQUEST_KEYS = ("mapo_ablation", "mapo_noise_scale", "mapo_seed", "mapo_modality_scope")
 
 
 @contextmanager
@@ -79,6 +79,7 @@ def ablate_batch(data: TensorDict) -> torch.Tensor:
         raise ValueError("the ablated pass needs 'mapo_ablation' in the batch's extra_info (drop|zero|noise)")
     noise_scale = float(tu.pop(data, "mapo_noise_scale", default=1.0))
     seed = int(tu.pop(data, "mapo_seed", default=0))
+    scope = tu.pop(data, "mapo_modality_scope", default="audio")
     batch_size = data.batch_size[0]
     samples = tu.get(data, "multi_modal_inputs", default=None)
     if samples is None:
@@ -86,7 +87,8 @@ def ablate_batch(data: TensorDict) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     flags = torch.tensor([has_audio(sample) for sample in samples], dtype=torch.int64)
     if bool(flags.any()):
-        ablated = [ablate_audio(sample, mode, noise_scale=noise_scale, generator=generator) for sample in samples]
+        ablated = [ablate_audio(sample, mode, noise_scale=noise_scale, generator=generator, scope=scope)
+                   for sample in samples]
         tu.assign_non_tensor_stack(data, "multi_modal_inputs", ablated)
     return flags
 

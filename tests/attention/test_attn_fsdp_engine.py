@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attention_testlib import AUDIO_ID, explicit_audio_mass, right_pad, tiny_omni_thinker
+from attention_testlib import AUDIO_END_ID, AUDIO_ID, AUDIO_START_ID, explicit_audio_mass, right_pad, tiny_omni_thinker
 from engine_testlib import actor_batch, actor_loss, make_engine, run
 from mapo_verl.hf import resolve_layers
 from mapo_verl.verl_ext.attention_branch import COEF_FIELD, GATE_FIELD
@@ -30,7 +30,8 @@ def _reference_attention_loss(reference, *, audio_free_row=None, head_reduce="ma
     ids, mask = right_pad(reference["sequences"])
     out = model(input_ids=ids, attention_mask=mask, input_features=reference["features"][rows],
                 feature_attention_mask=reference["feature_mask"][rows], output_attentions=True, use_cache=False)
-    audio = (ids == AUDIO_ID) & mask.bool()
+    # audio keys: placeholders and the audio start/end markers (attention.include_audio_markers=true)
+    audio = ((ids == AUDIO_ID) | (ids == AUDIO_START_ID) | (ids == AUDIO_END_ID)) & mask.bool()
     mass = explicit_audio_mass(out.attentions, audio, resolve_layers(list(LAYERS), 3), head_reduce, layer_reduce)
     total, sequences, response_masses = 0.0, 0, []
     for g in rows:
