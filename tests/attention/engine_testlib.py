@@ -80,7 +80,7 @@ def actor_batch(model, *, micro_batch_size: int, use_remove_padding: bool, neste
     total = prompt_len + response_len
     input_ids = torch.zeros(batch, total, dtype=torch.long)
     attention_mask = torch.zeros(batch, total, dtype=torch.long)
-    position_ids = torch.zeros(batch, 4, total, dtype=torch.long)
+    position_ids = []
     for row, (prompt, response) in enumerate(zip(prompts, responses)):
         sequence = torch.cat([prompt, response])
         columns = torch.arange(prompt_len - len(prompt), prompt_len + len(response))
@@ -89,8 +89,12 @@ def actor_batch(model, *, micro_batch_size: int, use_remove_padding: bool, neste
         audio_seqlens = None if row == audio_free_row else feature_mask[row: row + 1].sum(1)
         rope, _ = model.get_rope_index(sequence[None], attention_mask=torch.ones(1, len(sequence), dtype=torch.long),
                                        audio_seqlens=audio_seqlens)
-        position_ids[row, 0, columns] = torch.arange(len(sequence))
-        position_ids[row, 1:, columns] = rope[:, 0]
+        # veRL's agent loop concatenates the long text row with the rope rows: float for Qwen3-Omni
+        positions = torch.zeros(4, total, dtype=torch.promote_types(torch.long, rope.dtype))
+        positions[0, columns] = torch.arange(len(sequence), dtype=positions.dtype)
+        positions[1:, columns] = rope[:, 0].to(positions.dtype)
+        position_ids.append(positions)
+    position_ids = torch.stack(position_ids)
     response_mask = attention_mask[:, prompt_len:]
     shape = (batch, response_len)
     reference = dict(
