@@ -256,6 +256,25 @@ def test_agent_loop_features_equal_the_processor(processors, name):
         assert torch.equal(got[key], reference[key])
 
 
+@pytest.mark.parametrize("name", ["omni", "qwen3_omni"])
+def test_agent_loop_position_ids_are_the_thinker_rope_index(model_dirs, processors, name):
+    """veRL's own ``_compute_position_ids`` with the patched processor: the text row, then the thinker's
+    mRoPE rows for the same audio (Qwen3-Omni's index is float, so the [1, 4, S] tensor is float too)."""
+    from transformers import AutoModelForMultimodalLM
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    processor = processors[name]
+    inputs = _prompt_inputs(processor, [tone_clip(1.3)])
+    mm = {key: inputs[key] for key in ("input_features", "feature_attention_mask")}
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    got = AgentLoopWorker._compute_position_ids(_worker(processor), ids, mask, dict(mm))
+    model = AutoModelForMultimodalLM.from_pretrained(model_dirs[name])
+    rope, _ = model.get_rope_index(ids, None, None, mask, False, mm["feature_attention_mask"].sum(-1))
+    assert got.shape == (1, 4, ids.shape[1]) and got.dtype == rope.dtype
+    assert torch.equal(got[0, 0], torch.arange(ids.shape[1], dtype=got.dtype))
+    assert torch.equal(got[0, 1:], rope[:, 0])
+
+
 def test_verl_agent_loop_alone_fails_on_qwen2_audio(processors):
     """veRL re-processes the decoded prompt, whose audio tokens ``skip_special_tokens`` dropped."""
     from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
