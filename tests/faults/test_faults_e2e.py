@@ -39,7 +39,7 @@ def test_stray_placeholder_reaching_the_rollout_ends_the_run_naming_the_row(demo
             *good_rows[1:4]]
     train = write_rows(rows, tmp_path / "stray.parquet")
     command = _launch("grpo_tiny_cpu", tmp_path, f"data.train_files={train}", "data.shuffle=false",
-                      "trainer.total_training_steps=1", "+data.row_checks.enable=false")
+                      "trainer.total_training_steps=1", "data.row_checks.enable=false")
     start = time.perf_counter()
     result = subprocess.run(command, env=_env(tmp_path), capture_output=True, text=True, timeout=900, check=False)
     wall = time.perf_counter() - start
