@@ -9,30 +9,41 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attention_testlib import AUDIO_END_ID, AUDIO_ID, AUDIO_START_ID, explicit_audio_mass, right_pad, tiny_omni_thinker
+from attention_testlib import (
+    AUDIO_END_ID,
+    AUDIO_ID,
+    AUDIO_START_ID,
+    explicit_audio_mass,
+    right_pad,
+    tiny_omni_thinker,
+    tiny_qwen3_omni_thinker,
+)
 from engine_testlib import actor_batch, actor_loss, make_engine, run
-from mapo_verl.hf import resolve_layers
+from mapo_verl.hf import decoder_layers, resolve_layers
 from mapo_verl.verl_ext.attention_branch import COEF_FIELD, GATE_FIELD
 from mapo_verl.verl_ext.fsdp_engine import MAPOFSDPEngineWithLMHead
 
 ETA = 0.05
 LAYERS = (-2, -1)
+THINKERS = {"qwen2_5_omni": tiny_omni_thinker, "qwen3_omni_moe": tiny_qwen3_omni_thinker}
 
 
-def _model(implementation="sdpa"):
-    return tiny_omni_thinker(implementation, dtype=torch.float64)
+def _model(implementation="sdpa", thinker="qwen2_5_omni"):
+    return THINKERS[thinker](implementation, dtype=torch.float64)
 
 
-def _reference_attention_loss(reference, *, audio_free_row=None, head_reduce="max", layer_reduce="mean"):
+def _reference_attention_loss(reference, *, audio_free_row=None, head_reduce="max", layer_reduce="mean",
+                              thinker="qwen2_5_omni"):
     """Spec §2 ``L_attn`` from explicit probabilities; returns (L, reference model grads, response masses)."""
-    model = _model("eager")
+    model = _model("eager", thinker)
     rows = [r for r in range(len(reference["sequences"])) if r != audio_free_row]
     ids, mask = right_pad(reference["sequences"])
     out = model(input_ids=ids, attention_mask=mask, input_features=reference["features"][rows],
                 feature_attention_mask=reference["feature_mask"][rows], output_attentions=True, use_cache=False)
     # audio keys: placeholders and the audio start/end markers (attention.include_audio_markers=true)
     audio = ((ids == AUDIO_ID) | (ids == AUDIO_START_ID) | (ids == AUDIO_END_ID)) & mask.bool()
-    mass = explicit_audio_mass(out.attentions, audio, resolve_layers(list(LAYERS), 3), head_reduce, layer_reduce)
+    layers = resolve_layers(list(LAYERS), len(decoder_layers(model)))
+    mass = explicit_audio_mass(out.attentions, audio, layers, head_reduce, layer_reduce)
     total, sequences, response_masses = 0.0, 0, []
     for g in rows:
         prompt, length = reference["prompt_lengths"][g], int(reference["response_mask"][g].sum())
@@ -70,13 +81,14 @@ def test_eta_zero_is_bit_identical_to_veRL(cpu_engine, use_remove_padding, coef)
     assert metrics.keys() == parent_metrics.keys()
 
 
+@pytest.mark.parametrize("thinker", THINKERS)
 @pytest.mark.parametrize("use_remove_padding", [True, False])
-def test_attention_loss_and_gradient_match_explicit_reference(cpu_engine, use_remove_padding):
-    model = _model()
+def test_attention_loss_and_gradient_match_explicit_reference(cpu_engine, use_remove_padding, thinker):
+    model = _model(thinker=thinker)
     data, reference = actor_batch(model, micro_batch_size=2, use_remove_padding=use_remove_padding)
     loss, grads, metrics = run(make_engine(model), data, actor_loss(ETA, layers=LAYERS))
     base_loss, base_grads, _ = run(make_engine(model, mapo=False), data, actor_loss(ETA, layers=LAYERS))
-    want_loss, want_grads, response_masses = _reference_attention_loss(reference)
+    want_loss, want_grads, response_masses = _reference_attention_loss(reference, thinker=thinker)
 
     # eager's float32 softmax in the reference sets the tolerances
     assert loss - base_loss == pytest.approx(ETA * want_loss.item(), rel=1e-6)
@@ -88,12 +100,13 @@ def test_attention_loss_and_gradient_match_explicit_reference(cpu_engine, use_re
     _close({k: grads[k] - base_grads[k] for k in grads}, want, rtol=1e-5, atol_scale=1e-6)
 
 
-def test_rows_without_audio_are_left_out(cpu_engine):
-    model = _model()
+@pytest.mark.parametrize("thinker", THINKERS)
+def test_rows_without_audio_are_left_out(cpu_engine, thinker):
+    model = _model(thinker=thinker)
     data, reference = actor_batch(model, micro_batch_size=2, use_remove_padding=True, audio_free_row=1)
     loss, _, metrics = run(make_engine(model), data, actor_loss(ETA, layers=LAYERS))
     base_loss, _, _ = run(make_engine(model, mapo=False), data, actor_loss(ETA, layers=LAYERS))
-    want_loss, _, response_masses = _reference_attention_loss(reference, audio_free_row=1)
+    want_loss, _, response_masses = _reference_attention_loss(reference, audio_free_row=1, thinker=thinker)
     assert loss - base_loss == pytest.approx(ETA * want_loss.item(), rel=1e-6)
     assert metrics["mapo/audio_mass"].aggregate() == pytest.approx(response_masses.mean().item(), rel=1e-6)
 
