@@ -249,27 +249,25 @@ class PartOfSpeechGate:
 
     def gate_and_fallbacks(self, responses: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(gate [B, T], fell_back [B])``: the gate, and the rows that fell back to all ones."""
-        gate = torch.zeros(responses.shape, dtype=torch.bool)
-        fell_back = torch.zeros(responses.shape[0], dtype=torch.bool)
-        mask = response_mask.bool().cpu()
-        ids = responses.cpu()
-        for row in range(ids.shape[0]):
-            positions = torch.nonzero(mask[row], as_tuple=False).reshape(-1).tolist()
-            if not positions:
-                continue
-            pieces = [self._piece(int(ids[row, p])) for p in positions]
-            words, owner = words_of_tokens(pieces)
+        rows_gate, fell_back = [], []
+        for row, (row_ids, row_mask) in enumerate(zip(responses.cpu().tolist(), response_mask.bool().cpu().tolist())):
+            row_gate = [False] * len(row_ids)
+            positions = [t for t, valid in enumerate(row_mask) if valid]
+            words, owner = words_of_tokens([self._piece(row_ids[t]) for t in positions])
             try:
-                tags = self.tagger(words) if words else []
+                content = [tag in self.content_tags for tag in self.tagger(words)] if words else []
             except Exception:  # the release's rule: a tagger failure gates the response all ones
                 logger.warning("MAPO POS gate: the %s tagger failed on row %d; gating it all ones",
                                self.tagger.name, row, exc_info=True)
-                tags = None
-            if tags is not None:
+                content = None
+            if content is not None:
                 for position, word_index in zip(positions, owner):
-                    if word_index >= 0 and tags[word_index] in self.content_tags:
-                        gate[row, position] = True
-            if tags is None or (self.empty_fallback and not bool(gate[row].any())):
-                gate[row, positions] = True
-                fell_back[row] = True
-        return gate.to(response_mask.device), fell_back
+                    row_gate[position] = word_index >= 0 and content[word_index]
+            fallback = bool(positions) and (content is None or (self.empty_fallback and not any(row_gate)))
+            if fallback:
+                for position in positions:
+                    row_gate[position] = True
+            rows_gate.append(row_gate)
+            fell_back.append(fallback)
+        gate = torch.tensor(rows_gate, dtype=torch.bool).reshape(responses.shape)
+        return gate.to(response_mask.device), torch.tensor(fell_back, dtype=torch.bool)
