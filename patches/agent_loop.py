@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 
 from mapo_verl.patches.audio_models import (
     audio_family_for_processor,
@@ -87,8 +88,11 @@ async def _record_rollout_error(sample: str, error: Exception, trajectory: dict,
     import transfer_queue as tq
 
     partition = "val" if trajectory.get("validate", False) else "train"
-    await tq.async_kv_put(key=kwargs["uid"], partition_id=partition,
-                          tag={ROLLOUT_ERROR_TAG: f"{sample}: {type(error).__name__}: {error}"})
+    try:
+        await tq.async_kv_put(key=kwargs["uid"], partition_id=partition,
+                              tag={ROLLOUT_ERROR_TAG: f"{sample}: {type(error).__name__}: {error}"})
+    except Exception:  # the trajectory's own error is the one to raise; the trainer then names only the uid
+        logging.getLogger(__name__).exception("%s: could not record the rollout error on the prompt", sample)
 
 
 def _no_stop_iteration(method):

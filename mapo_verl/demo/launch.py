@@ -68,16 +68,18 @@ def _stop(process: subprocess.Popen, log) -> None:
 
 
 def run_logged(command: list[str], env: dict, log_path: Path, verbose: bool = False) -> int:
-    """Run ``command`` with its output in ``log_path``; echo :data:`CONSOLE_LINE` lines (all if ``verbose``).
+    """Run ``command`` with its output appended to ``log_path`` (a resumed run keeps the log of the
+    interrupted one); echo :data:`CONSOLE_LINE` lines (all if ``verbose``).
 
     Ctrl-C stops the command and everything it started (no traceback, no Ray process left) and
     returns :data:`INTERRUPTED`.
     """
     tail: list[str] = []
-    with log_path.open("w") as log, subprocess.Popen(
+    with log_path.open("a") as log, subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
         start_new_session=True,
     ) as process:
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         try:
             for line in process.stdout:
                 log.write(line)
