@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
 from verl.utils import tensordict_utils as tu
 from verl.workers.config import FSDPActorConfig
@@ -19,6 +18,7 @@ from mapo_verl.verl_ext.advantage import RelevanceInputs, compute_mapo_outcome_a
 from mapo_verl.verl_ext.attention_branch import FAILED_FIELD, MassStatistics
 from mapo_verl.verl_ext.trainer import _task_failed
 from mapo_verl.verl_ext.validation import check_mapo_config
+from tests.parity.launch import launch_config
 
 # --- the failure gate ------------------------------------------------------------------
 
@@ -123,25 +123,14 @@ def test_attention_only_keeps_the_pg_term_at_exactly_zero_weight():
     assert float(loss.detach()) == 0.0 and log_prob.grad.abs().sum() == 0
 
 
-def launch_config(**actor):
-    return OmegaConf.create({
-        "algorithm": {"adv_estimator": "mapo"},
-        "trainer": {"use_v1": True, "v1": {"trainer_mode": "mapo"}},
-        "actor_rollout_ref": {"actor": {
-            "strategy": "fsdp", "loss_agg_mode": "seq-mean-token-mean", "use_kl_loss": False, "entropy_coeff": 0.0,
-            "policy_loss": {"_target_": "mapo_verl.config.MAPOPolicyLossConfig", "loss_mode": "vanilla",
-                            "mapo": {"attention_only": True, "pos_gate": {"tagger": "lexicon"},
-                                     "attention": {"coef": 0.05}}},
-            **actor},
-            "model": {"path": "/nonexistent"}},
-    })
+ATTENTION_ONLY = {"attention_only": True, "pos_gate": {"tagger": "lexicon"}, "attention": {"coef": 0.05}}
 
 
 @pytest.mark.parametrize("key, value", [("use_kl_loss", True), ("entropy_coeff", 0.01)])
 def test_attention_only_refuses_other_loss_terms(key, value):
-    check_mapo_config(launch_config())
+    check_mapo_config(launch_config(mapo=ATTENTION_ONLY))
     with pytest.raises(ValueError, match=rf"attention_only=true .* actor_rollout_ref\.actor\.{key}"):
-        check_mapo_config(launch_config(**{key: value}))
+        check_mapo_config(launch_config(mapo=ATTENTION_ONLY, **{key: value}))
 
 
 # --- diagnostics ---------------------------------------------------------------------------------

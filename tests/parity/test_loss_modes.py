@@ -12,12 +12,12 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, get_policy_loss_fn
 from verl.workers.config import FSDPActorConfig, PolicyLossConfig
 
 from mapo_verl.core import fold_relevance_into_advantages
 from mapo_verl.verl_ext.validation import FIXED_AGG_MODES, FOLDABLE_LOSS_MODES, check_mapo_config
+from tests.parity.launch import launch_config
 
 UNFOLDABLE = ("geo_mean", "clip_cov", "kl_cov", "dro", "bypass_mode")
 
@@ -104,18 +104,6 @@ def test_geo_mean_would_silently_ignore_omega():
     folded = fold_relevance_into_advantages(advantages, omega, mask, loss_agg_mode="seq-mean-token-mean")
     plain = loss_of("geo_mean", advantages, mask, old, new, "seq-mean-token-mean")
     assert loss_of("geo_mean", folded, mask, old, new, "seq-mean-token-mean") == pytest.approx(plain, rel=1e-9)
-
-
-def launch_config(loss_mode, **mapo):
-    return OmegaConf.create({
-        "algorithm": {"adv_estimator": "mapo"},
-        "trainer": {"use_v1": True, "v1": {"trainer_mode": "mapo"}},
-        "actor_rollout_ref": {"actor": {
-            "strategy": "fsdp", "loss_agg_mode": "seq-mean-token-mean", "use_kl_loss": False, "entropy_coeff": 0.0,
-            "policy_loss": {"_target_": "mapo_verl.config.MAPOPolicyLossConfig", "loss_mode": loss_mode,
-                            "mapo": {"attention": {"coef": 0.0}, **mapo}}},
-            "model": {"path": "/nonexistent"}},
-    })
 
 
 @pytest.mark.parametrize("mode", UNFOLDABLE)
