@@ -163,12 +163,29 @@ def _wrap(original):
     return maybe_filter_out_long_prompts
 
 
+def _wrap_build_messages(original):
+    """veRL checks markers against media with bare asserts; with the checks off, name the row."""
+
+    @functools.wraps(original)
+    def _build_messages(self, example, key):
+        try:
+            return original(self, example, key)
+        except AssertionError as error:
+            index = (example.get("extra_info") or {}).get("index")
+            raise ValueError(f"dataset row with extra_info.index={index}: {error}: its <image>/<video>/<audio> "
+                             "markers and its media disagree (data.row_checks filters such rows at load)") from error
+
+    return _build_messages
+
+
 def _patch(module) -> None:
     cls = module.RLHFDataset
     if getattr(cls.maybe_filter_out_long_prompts, "__mapo_original__", None) is None:
-        patched = _wrap(cls.maybe_filter_out_long_prompts)
-        patched.__mapo_original__ = cls.maybe_filter_out_long_prompts
-        cls.maybe_filter_out_long_prompts = patched
+        for name, wrap in (("maybe_filter_out_long_prompts", _wrap), ("_build_messages", _wrap_build_messages)):
+            original = getattr(cls, name)
+            patched = wrap(original)
+            patched.__mapo_original__ = original
+            setattr(cls, name, patched)
 
 
 def install() -> None:

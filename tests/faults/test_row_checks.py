@@ -192,3 +192,19 @@ def test_unreadable_wav_says_what_is_wrong(tmp_path, data, reason):
     message = str(caught.value)
     assert reason in message and str(path) in message
     assert ":  " not in message  # never an empty reason
+
+
+def test_with_checks_off_a_marker_mismatch_names_the_row(tmp_path, tokenizer_and_processor, good_rows):
+    """veRL's own bare ``assert audio_offset == len(audios)`` now says which row."""
+    tokenizer, processor = tokenizer_and_processor
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    clip = good_rows[4]["audios"][0]
+    row = {**good_rows[4], "audios": [clip, clip]}
+    path = write_rows([row], tmp_path / "bad.parquet")
+    config = OmegaConf.create({"max_prompt_length": 96, "audio_key": "audios", "filter_overlong_prompts": False,
+                               "row_checks": {"enable": False}})
+    dataset = RLHFDataset(path, tokenizer, config, processor)
+    with pytest.raises(ValueError, match=f"extra_info.index={row['extra_info']['index']}: audio_offset 1 != "
+                                         r"len\(audios\) 2"):
+        dataset[0]
