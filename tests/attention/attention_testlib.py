@@ -117,7 +117,7 @@ def tiny_qwen3_omni_thinker(attn_implementation: str = "eager", *, seed: int = 0
                          num_experts=4, num_experts_per_tok=2, max_position_embeddings=256,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}),
         audio_token_id=AUDIO_ID, image_token_id=101, video_token_id=102, audio_start_token_id=AUDIO_START_ID,
-        # not a field of Qwen3OmniMoeThinkerConfig: an extra key, set where a config.json carries it
+        # not a field of Qwen3OmniMoeThinkerConfig: an extra key, as the released thinker_config.json carries it
         audio_end_token_id=AUDIO_END_ID, vision_start_token_id=105,
     )
     model = transformers.Qwen3OmniMoeThinkerForConditionalGeneration(config).to(dtype)
