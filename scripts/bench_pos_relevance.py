@@ -86,17 +86,24 @@ def build_batch(rows: int, max_length: int, min_length: int, vocab: int, seed: i
     return tokenizer, responses, mask
 
 
-def time_call(fn, repeats: int) -> tuple[float, float]:
-    """(first call seconds, median of the next ``repeats`` calls)."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def time_call(fn, repeats: int) -> dict[str, float]:
+    """Wall and CPU seconds (this process, all threads) of the first call and medians of the next ``repeats``.
+
+    On a shared machine the wall time grows with the load; the CPU time much less.
+    """
+    walls, cpus = [], []
+    for _ in range(repeats + 1):
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return {"first_s": walls[0], "median_s": statistics.median(walls[1:]), "first_cpu_s": cpus[0],
+            "median_cpu_s": statistics.median(cpus[1:])}
+
+
+def _describe(timing: dict[str, float]) -> str:
+    return (f"first {timing['first_s']:.3f} s wall / {timing['first_cpu_s']:.3f} s CPU, then median "
+            f"{timing['median_s']:.3f} s wall / {timing['median_cpu_s']:.3f} s CPU")
 
 
 def stub_nltk() -> types.ModuleType:
@@ -138,7 +145,7 @@ def main() -> None:
             sys.modules["nltk"] = module
         try:
             gate = PartOfSpeechGate(tokenizer, POS_CONTENT_TAGS, "lexicon" if name == "lexicon" else "nltk")
-            first, median = time_call(lambda: gate.gate_and_fallbacks(responses, mask), args.repeats)
+            timing = time_call(lambda: gate.gate_and_fallbacks(responses, mask), args.repeats)
             pos, fell_back = gate.gate_and_fallbacks(responses, mask)
         finally:
             if module is not None:
@@ -146,11 +153,9 @@ def main() -> None:
                     sys.modules.pop("nltk", None)
                 else:
                     sys.modules["nltk"] = previous
-        results["pos_gate"][name] = {"first_s": first, "median_s": median,
-                                     "gated_frac": float(pos[mask.bool()].float().mean()),
+        results["pos_gate"][name] = {**timing, "gated_frac": float(pos[mask.bool()].float().mean()),
                                      "fallback_rows": int(fell_back.sum())}
-        print(f"pos gate [{name}]: first {first:.3f} s, then median {median:.3f} s "
-              f"(gated {results['pos_gate'][name]['gated_frac']:.2f} of tokens)")
+        print(f"pos gate [{name}]: {_describe(timing)} (gated {results['pos_gate'][name]['gated_frac']:.2f} of tokens)")
 
     generator = torch.Generator().manual_seed(args.seed)
     h_pol = torch.rand(responses.shape, generator=generator) * 3 * mask
@@ -166,15 +171,15 @@ def main() -> None:
         attention_fields_for_batch(relevance, advantages, failed, config)
         relevance_metrics(relevance, config.mask_cap)
 
-    first, median = time_call(relevance_step, args.repeats)
-    results["relevance_math"] = {"first_s": first, "median_s": median}
-    print(f"relevance math (ω̃, ν̃, coefficients, metrics): first {first:.3f} s, then median {median:.3f} s")
+    relevance = results["relevance_math"] = time_call(relevance_step, args.repeats)
+    print(f"relevance math (ω̃, ν̃, coefficients, metrics): {_describe(relevance)}")
 
     for name, timing in results["pos_gate"].items():
-        total = timing["first_s"] + median
-        timing["step_share_first_call"] = total / args.step_seconds
-        print(f"[{name}] gate (first call) + relevance = {total:.3f} s = "
-              f"{100 * total / args.step_seconds:.2f} % of a {args.step_seconds:.0f} s step")
+        for suffix, label in (("s", "wall"), ("cpu_s", "CPU")):
+            total = timing[f"first_{suffix}"] + relevance[f"median_{suffix}"]
+            timing[f"step_share_{label.lower()}"] = total / args.step_seconds
+            print(f"[{name}] gate (first call) + relevance: {total:.3f} s {label} = "
+                  f"{100 * total / args.step_seconds:.2f} % of a {args.step_seconds:.0f} s step")
     results.update({
         "rows": args.rows, "max_length": args.max_length, "min_length": args.min_length, "tokens": tokens,
         "vocab": len(tokenizer), "threads": args.threads, "repeats": args.repeats,
