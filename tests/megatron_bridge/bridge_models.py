@@ -60,6 +60,7 @@ def _common_config(tp: int, pp: int, recompute: str | None) -> dict:
         pipeline_dtype=torch.float64, params_dtype=torch.float64, use_cpu_initialization=True, hidden_dropout=0.0,
         attention_dropout=0.0, masked_softmax_fusion=False, bias_activation_fusion=False, bias_dropout_fusion=False,
         apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False, batch_p2p_comm=False,
+        # megatron-core's local layer spec has no sequence-parallel norm
         attention_backend=AttnBackend.local, sequence_parallel=False, share_embeddings_and_output_weights=False,
         **extra)
 
@@ -174,8 +175,11 @@ def build_model(family: str, *, tp: int = 1, pp: int = 1, recompute: str | None 
     The Omni thinkers also read the [B, S] mask for their rope index, so the shim sits on their language
     model; Qwen2-Audio calls its language model's ``forward`` directly (no hooks run), so it sits on the top.
     """
+    from megatron.core.enums import ModelType
+
     torch.manual_seed(seed)
     model = expose_stage_flags(_BUILDERS[family](tp, pp, recompute))
+    model.model_type = ModelType.encoder_or_decoder  # what Megatron-Bridge's get_model sets for the schedules
     (model if family == "qwen2_audio" else find_language_model(model)).register_forward_pre_hook(
         four_d_mask, with_kwargs=True)
     return model
