@@ -41,9 +41,8 @@ class VerlFirstFinder(importlib.abc.MetaPathFinder):
     """Imports veRL (and so runs its plugin autoload) before the first veRL-dependent MAPO module."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if "verl" in sys.modules or not fullname.startswith(VERL_DEPENDENT):
-            return None
-        if not any(fullname == name or fullname.startswith(name + ".") for name in VERL_DEPENDENT):
+        if "verl" in sys.modules or not any(fullname == name or fullname.startswith(name + ".")
+                                            for name in VERL_DEPENDENT):
             return None
         importlib.import_module("verl")  # runs the plugin autoload: MAPO registers here
         if "mapo_verl" in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(","):

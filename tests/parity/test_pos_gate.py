@@ -14,8 +14,14 @@ import types
 import pytest
 import torch
 
-from mapo_verl.pos_gate import PENN_TO_COARSE, LexiconTagger, PartOfSpeechGate, build_tagger, penn_to_coarse, \
-    words_of_tokens
+from mapo_verl.pos_gate import (
+    PENN_TO_COARSE,
+    LexiconTagger,
+    PartOfSpeechGate,
+    build_tagger,
+    penn_to_coarse,
+    words_of_tokens,
+)
 
 DEFAULT_TAGS = ["NOUN", "VERB", "ADJ", "ADV", "NUM", "X"]
 
