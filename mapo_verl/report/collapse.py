@@ -284,11 +284,12 @@ def _overlay_positions(plt, runs, prefix: str, ylabel: str, title: str, path: pa
     positions = [(k + 0.5) / 10 for k in range(10)]
     figure, axis = plt.subplots(figsize=(7.4, 4.0))
     shown = []
-    for label, steps in runs.items():
+    for index, (label, steps) in enumerate(runs.items()):
         with_curve = [s for s in sorted(steps) if decile_curve(steps[s], prefix) is not None]
         if with_curve:
             step = with_curve[-1]
-            axis.plot(positions, decile_curve(steps[step], prefix), marker="o", label=f"{label} (step {step})")
+            axis.plot(positions, decile_curve(steps[step], prefix), marker="o", label=f"{label} (step {step})",
+                      color=f"C{index}")
             shown.append(label)
     if not shown:
         plt.close(figure)
@@ -336,10 +337,10 @@ def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.P
     if keys:
         figure, axes = plt.subplots(len(keys), 1, figsize=(7.4, 2.6 * len(keys)), sharex=True, squeeze=False)
         for axis, key in zip(axes[:, 0], keys):
-            for label, run_series in series.items():
-                if key in run_series:
+            for index, (label, run_series) in enumerate(series.items()):
+                if key in run_series:  # one colour per run across the panels
                     ylabel, xs, ys = run_series[key]
-                    axis.plot(xs, ys, marker=".", label=label)
+                    axis.plot(xs, ys, marker=".", label=label, color=f"C{index}")
                     axis.set_ylabel(ylabel)
             axis.grid(alpha=0.3)
             axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
