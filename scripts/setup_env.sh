@@ -1,22 +1,57 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv at the repository root and install mapo-verl with its test and
-# megatron extras. Idempotent: re-running installs only when pyproject.toml or the
-# constraints changed. torch is pinned to the CPU build on local disk (constraints/cpu.txt).
+# Create (or reuse) the two test environments at the repository root. Idempotent: each one is
+# reinstalled only when what it is built from changed.
+#   .venv           Python 3.11: mapo-verl[test,megatron] (megatron-core 0.16.1), torch pinned to the CPU
+#                   build on local disk (constraints/cpu.txt).
+#   .venv-megatron  Python 3.12: the Megatron-Bridge lane (tests/megatron_bridge): mapo-verl[test] with the
+#                   versions of constraints/megatron-cpu.txt; Megatron-Bridge itself without its CUDA-only
+#                   dependencies. Skipped, with a message, with MAPO_SKIP_MEGATRON_LANE=1.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+
+stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
 python_bin="${MAPO_PYTHON:-$(command -v python3.11 || command -v python3)}"
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $python_bin"
   "$python_bin" -m venv .venv
 fi
-wanted="$(cat pyproject.toml constraints/cpu.txt | sha256sum | cut -d' ' -f1)"
+wanted="$(stamp_of pyproject.toml constraints/cpu.txt)"
 stamp=.venv/.mapo-verl-installed
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-  echo "[setup] installing mapo-verl[test,megatron] (torch pinned by constraints/cpu.txt)"
+  echo "[setup] installing mapo-verl[test,megatron] into .venv (torch pinned by constraints/cpu.txt)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -c constraints/cpu.txt -e ".[test,megatron]"
   echo "$wanted" > "$stamp"
 else
   echo "[setup] .venv is up to date"
+fi
+
+if [ "${MAPO_SKIP_MEGATRON_LANE:-0}" = "1" ]; then
+  echo "[setup] MAPO_SKIP_MEGATRON_LANE=1: .venv-megatron not set up"
+  exit 0
+fi
+python312="${MAPO_PYTHON312:-$(command -v python3.12 || ls -d "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1 || true)}"
+if [ -z "$python312" ] || [ ! -x "$python312" ]; then
+  echo "[setup] no Python 3.12 found (set MAPO_PYTHON312): the Megatron-Bridge lane needs it" >&2
+  exit 1
+fi
+if [ ! -x .venv-megatron/bin/python ]; then
+  echo "[setup] creating .venv-megatron with $python312"
+  "$python312" -m venv .venv-megatron
+fi
+wanted="$(stamp_of pyproject.toml constraints/megatron-cpu.txt scripts/setup_env.sh)"
+stamp=.venv-megatron/.mapo-verl-installed
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  echo "[setup] installing the Megatron-Bridge lane into .venv-megatron (about 6 GB, a few minutes)"
+  start=$SECONDS
+  .venv-megatron/bin/python -m pip install -q --upgrade pip
+  .venv-megatron/bin/python -m pip install -q -c constraints/megatron-cpu.txt -e ".[test]" \
+    megatron-core transformers hydra-core nvidia-modelopt diffusers rich
+  .venv-megatron/bin/python -m pip install -q --no-deps -c constraints/megatron-cpu.txt megatron-bridge
+  echo "$wanted" > "$stamp"
+  echo "[setup] .venv-megatron ready in $((SECONDS - start)) s ($(du -sh .venv-megatron | cut -f1))"
+else
+  echo "[setup] .venv-megatron is up to date"
 fi

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mapo_verl.verl_ext.validation import check_mapo_config
+from mapo_verl.verl_ext.validation import check_mapo_config, local_model_config
 
-__all__ = ["GROUP_ESTIMATORS", "launch_problems", "cluster_problems", "check_launch_consistency", "install_config_check", "main"]
+__all__ = ["GROUP_ESTIMATORS", "launch_problems", "megatron_audio_model_problems", "cluster_problems",
+           "check_launch_consistency", "install_config_check", "main"]
 
 # Advantage estimators that normalise within a group of rollout.n responses per prompt.
 GROUP_ESTIMATORS = ("grpo", "mapo")
@@ -201,9 +202,46 @@ def cluster_problems(config, node_gpus: list[float]) -> list[str]:
              "workers (recipes/launch/ray_worker.sh) or lower trainer.nnodes / trainer.n_gpus_per_node")]
 
 
+def megatron_audio_model_problems(config, hf_config) -> list[str]:
+    """Settings Megatron-Bridge's audio models cannot run through veRL's Megatron engine (``docs/DESIGN.md``,
+    "Megatron"), for the actor and reference sections on ``strategy=megatron``; ``hf_config`` is the model's
+    HF config (None: not on this machine, nothing checked).
+
+    - The Omni thinkers (``thinker_config``) take padded (BSHD) batches only: packed THD input raises in the
+      model (``use_remove_padding`` must be false).
+    - Context parallelism: the Omni thinkers split the sequence over CP ranks themselves, after veRL has split
+      it (twice split); for Qwen2-Audio veRL's split separates audio placeholders from their features.
+    """
+    from mapo_verl.patches.audio_models import audio_family
+
+    if hf_config is None:
+        return []
+    omni = hasattr(hf_config, "thinker_config")
+    if not omni and audio_family(getattr(hf_config, "model_type", None)) is None:
+        return []
+    name = type(hf_config).__name__
+    problems = _Problems()
+    for section in (_ACTOR, _REF):
+        if _get(config, f"{section}.strategy") != "megatron":
+            continue
+        prefix = f"{section}.megatron"
+        if omni:
+            problems.require(not _get(config, f"{prefix}.use_remove_padding", True), (
+                f"{prefix}.use_remove_padding=true packs sequences (THD), which Megatron-Bridge's Omni thinker "
+                f"({name}) refuses: set {prefix}.use_remove_padding=false"))
+        problems.require((_get(config, f"{prefix}.context_parallel_size", 1) or 1) == 1, (
+            f"{prefix}.context_parallel_size={_get(config, f'{prefix}.context_parallel_size')} is not supported "
+            f"for {name} through Megatron-Bridge (the sequence would be split twice, or audio placeholders "
+            f"separated from their features): set {prefix}.context_parallel_size=1"))
+        problems.require(not _get(config, f"{prefix}.dynamic_context_parallel", False), (
+            f"{prefix}.dynamic_context_parallel=true is not supported for {name}: set it to false"))
+    return problems
+
+
 def check_launch_consistency(config) -> None:
-    """Raise one ``ValueError`` listing every problem of :func:`launch_problems`."""
-    problems = launch_problems(config)
+    """Raise one ``ValueError`` listing every problem of :func:`launch_problems` and
+    :func:`megatron_audio_model_problems`."""
+    problems = launch_problems(config) + megatron_audio_model_problems(config, local_model_config(config))
     if problems:
         raise ValueError("inconsistent launch config (checked before Ray starts):\n  - " + "\n  - ".join(problems))
 

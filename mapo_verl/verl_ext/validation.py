@@ -43,15 +43,23 @@ def _policy_loss_target_is_mapo(config) -> bool:
         return False
 
 
-def _decoder_layer_count(config) -> int | None:
-    """``num_hidden_layers`` of the actor's text decoder, when its config is on this machine (else None)."""
+def local_model_config(config):
+    """The actor's HF config when it is on this machine, else None (a remote path or an uncached hub id:
+    the workers load, and check, it)."""
     from transformers import AutoConfig
 
     model = config.actor_rollout_ref.model
     try:
-        hf_config = AutoConfig.from_pretrained(str(model.path), trust_remote_code=bool(model.get("trust_remote_code")),
-                                               local_files_only=True)
-    except Exception:  # a remote path or an uncached hub id: the workers load (and check) it
+        return AutoConfig.from_pretrained(str(model.path), trust_remote_code=bool(model.get("trust_remote_code")),
+                                          local_files_only=True)
+    except Exception:
+        return None
+
+
+def _decoder_layer_count(config) -> int | None:
+    """``num_hidden_layers`` of the actor's text decoder, when its config is on this machine (else None)."""
+    hf_config = local_model_config(config)
+    if hf_config is None:
         return None
     text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
     layers = getattr(text_config, "num_hidden_layers", None)

@@ -104,8 +104,9 @@ def test_recipe_values_and_launch_checks(configs, name):
     assert config.reward.custom_reward_function.path == "pkg://mapo_verl.rewards.mcqa"
     assert OmegaConf.to_container(config.ray_kwargs.ray_init.runtime_env.env_vars) == {
         "VERL_USE_EXTERNAL_MODULES": "mapo_verl", "VERL_ENGINE_VENDOR": "mapo"}
-    if strategy == "megatron":  # Megatron-Bridge's Omni thinker: padded batches, CP 1
-        assert config.actor_rollout_ref.model.use_remove_padding is False
+    if strategy == "megatron":  # Megatron-Bridge's Omni thinker: padded batches (the engine's key), CP 1
+        assert config.actor_rollout_ref.actor.megatron.use_remove_padding is False
+        assert config.actor_rollout_ref.ref.megatron.use_remove_padding is False
         assert config.actor_rollout_ref.actor.megatron.context_parallel_size == 1
     for key, value in AUTHORS_VERL_SETTINGS.items():  # mapo_verl.config's record of the same values
         if key != "algorithm.adv_estimator":
