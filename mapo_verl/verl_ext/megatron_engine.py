@@ -41,10 +41,12 @@ audio), ``mapo/audio_mass/decile_{0..9}`` (by relative response position ``(t-1)
 ``mapo/audio_mass/late_early_ratio`` (mean over the last 20 % of positions over the first
 20 %) — the FSDP engine's definitions.
 
-Supported model paths (see the package docstring): megatron-core GPT language models on
-THD (packed) or BSHD inputs, any TP/PP/VPP, CP through Transformer Engine on THD; models
-veRL treats as vision-language (``vision_config`` in the HF config, e.g. Megatron-Bridge's
-Qwen2.5-Omni thinker) on BSHD inputs with CP = 1.
+Supported model paths (tested: megatron-core 0.16.1 GPT models; Megatron-Bridge 0.5.1 with
+megatron-core 0.18.2): megatron-core GPT language models on THD (packed) or BSHD inputs, any
+TP/PP/VPP, CP through Transformer Engine on THD; models that build their own multimodal
+positions (``vision_config``, or an Omni ``thinker_config``: Megatron-Bridge's Qwen2.5-Omni and
+Qwen3-Omni models) on BSHD inputs with CP = 1 (refused before Ray starts otherwise, by
+:func:`mapo_verl.verl_ext.recipe_checks.megatron_audio_model_problems`); Qwen2-Audio with CP = 1.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ from mapo_verl.audio_inputs import AUDIO_MODEL_KEYS, audio_key_mask, audio_key_t
 from mapo_verl.config import CONFIG_PREFIX
 from mapo_verl.core import attention_objective_from_coefficients
 from mapo_verl.megatron.attention_hook import AudioMassHook, AudioMassRequest, sum_over_pipeline
+from mapo_verl.patches.megatron_bridge import computes_own_positions
 from mapo_verl.verl_ext.attention_branch import (
     COEF_FIELD,
     MAPO_ENGINE_VENDOR,
@@ -223,7 +226,7 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
         use_fp8_padding = top.config.fp8 in ["e4m3", "hybrid"]
         local_cp_size = tu.get_non_tensor_data(batch, key="local_cp_size", default=None)
         cp_layout = self._get_context_parallel_layout(top)
-        vision_model = hasattr(self.model_config.hf_config, "vision_config")
+        vision_model = computes_own_positions(self.model_config.hf_config)
         if self.engine_config.use_remove_padding:
             if vision_model:
                 raise NotImplementedError("MAPO's attention loss on a vision-language Megatron model needs BSHD "
