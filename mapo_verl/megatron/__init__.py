@@ -1,4 +1,4 @@
-"""MAPO on megatron-core: the indicator-V audio-mass hook and veRL's Megatron engine (spec §4).
+"""MAPO on megatron-core: the indicator-V audio-mass hook (docs/DESIGN.md, "Megatron").
 
 Importing ``mapo_verl`` or this package never imports megatron-core or veRL; the names
 below load their module on first access:
@@ -9,17 +9,14 @@ below load their module on first access:
 veRL's Megatron engine that drives the hook is :mod:`mapo_verl.verl_ext.megatron_engine`
 (this package imports no veRL).
 
-Megatron model paths for the audio models. veRL 0.9.1's Megatron engine builds models
-through a bridge. ``mbridge`` (veRL's ``mcore`` extra; 0.15.1) has no Qwen2-Audio nor
-Qwen2.5-Omni model. Megatron-Bridge (``megatron-bridge`` ≥ 0.6, Python ≥ 3.12, with the
-megatron-core it pins) ships Qwen2.5-Omni-thinker, Qwen3-Omni and Qwen2-Audio providers
-whose language models use megatron-core ``SelfAttention`` — the layer this hook wraps —
-and take ``input_features`` / ``feature_attention_mask`` (the Omni thinker also
-``audio_feature_lengths``), which :class:`MAPOMegatronEngine` passes. That is the
-supported path; its Omni thinker refuses packed (THD) inputs, so run it with
-``use_remove_padding=False`` and CP = 1. Neither bridge installs on the CPU test machine
-(Python 3.11, megatron-core 0.16.1): the CPU tests drive a megatron-core ``GPTModel`` with
-the local (unfused) layer spec.
+Models: megatron-core GPT language models (tested with megatron-core 0.16.1), and
+Megatron-Bridge 0.5.1's ``Qwen25OmniModel``, ``Qwen3OmniModel`` and ``Qwen2AudioModel`` with
+megatron-core 0.18.2 (Python 3.12), which veRL 0.9.1's Megatron engine builds through the bridge;
+their language models use megatron-core ``SelfAttention`` (the Qwen2.5-Omni thinker Megatron-Bridge's
+``Qwen3VLSelfAttention`` subclass) — the layer this hook wraps. :mod:`mapo_verl.megatron.models`
+finds the language model inside such a chunk. The Omni thinkers take padded (BSHD) inputs only and
+CP = 1. ``docs/DESIGN.md``, "Megatron", and the README's "Megatron" section give the versions and the
+adaptations.
 """
 
 from importlib import import_module
