@@ -8,7 +8,7 @@ on the loaded table right before veRL's own over-long filter
 resume), with the model's processor for placeholder tokens, audio window and prompt
 lengths. Bad rows are filtered out (or, with ``data.row_checks.strict=true``, fail the
 load); the report goes to ``data.row_checks.report_dir`` (default: the directory of the
-run's metrics file, ``$VERL_FILE_LOGGER_PATH``, else the working directory) as
+run's metrics file, ``$VERL_FILE_LOGGER_PATH``; neither set: no file) as
 ``row_checks_<data files>.json`` and its summary to the log. The counts stay on the
 dataset as ``row_check_counts`` (logged as ``mapo/bad_rows`` and ``mapo/truncated_clips``
 by :mod:`mapo_verl.patches.faults`).
@@ -90,14 +90,14 @@ def multimodal_lengths_for(processor, chat_template_kwargs: dict | None = None):
     return lengths
 
 
-def report_path(settings: RowCheckSettings, data_files) -> Path:
-    """Where the report of a dataset loaded from ``data_files`` is written."""
+def report_path(settings: RowCheckSettings, data_files) -> Path | None:
+    """Where the report of a dataset loaded from ``data_files`` is written (None: nowhere, only logged)."""
     if settings.report_dir:
         directory = Path(settings.report_dir)
     elif os.environ.get("VERL_FILE_LOGGER_PATH"):
         directory = Path(os.environ["VERL_FILE_LOGGER_PATH"]).parent
     else:
-        directory = Path.cwd()
+        return None
     stems = "+".join(Path(str(name)).stem for name in data_files)
     return directory / f"row_checks_{stems}.json"
 
@@ -143,8 +143,11 @@ def _check_dataset(dataset, dataframe):
         long_clips=settings.long_clips,
         locate=_locator(dataset.data_files, len(dataframe)),
     )
-    path = report.write(report_path(settings, dataset.original_data_files))
-    print(f"{report.summary()}\nrow-check report: {path}", flush=True)
+    path = report_path(settings, dataset.original_data_files)
+    if path is not None:
+        report.write(path)
+    print(f"{report.summary()}\nrow-check report: {path or 'not written (set data.row_checks.report_dir)'}",
+          flush=True)
     dataset.row_check_counts = {"bad_rows": len(report.bad_rows), "truncated_clips": len(report.truncated_clips)}
     if report.bad_rows and settings.strict:
         raise BadRowsError(f"{len(report.bad_rows)} bad row(s) with data.row_checks.strict=true (report: {path}):\n"
