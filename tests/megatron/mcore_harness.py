@@ -59,6 +59,9 @@ SCENARIOS = {
     "vpp2": dict(tp=1, pp=2, vpp=2, num_layers=8, layers=[4, 5], groups=2, micro_batches=4),
     # veRL's Megatron engine + MAPOMegatronEngine, PP=2, hooked layers on stage 0 (metrics travel to stage 1).
     "engine_pp2": dict(tp=1, pp=2, layers=[0, 1], groups=2),
+    # The same engine at DP=2 under megatron-core's DDP wrapper, each rank with its own rows: the dp_size
+    # factor and the DP-summed G and N must give η·∇L_attn of the union of both ranks' rows.
+    "engine_dp2_ddp": dict(tp=1, pp=1, layers=[0, 1], groups=2, ddp=True),
     # Chosen layers on two stages: refused at install on every rank.
     "span_error": dict(tp=1, pp=2, layers=[1, 2], groups=2, expect_error=True),
 }
@@ -439,8 +442,14 @@ def run_engine(spec: dict) -> dict:
     weights = {n: p.detach().clone() for n, p in global_names(
         build_chunks(make_config(spec, tp=1, pp=1, vpp=None, recompute=None), None)[0]).items()}
     ps.destroy_model_parallel()
-    batch, rows = make_verl_batch(4, seed=21)
-    ref = engine_reference(spec, weights, rows, layers)
+    ddp = spec.get("ddp", False)
+    batch, rows = make_verl_batch(4, seed=21 + (dist.get_rank() if ddp else 0))
+    all_rows = rows
+    if ddp:  # the reference sees every data-parallel rank's rows
+        other = make_verl_batch(4, seed=21 + 1 - dist.get_rank())[1]
+        all_rows = {key: (rows[key] + other[key]) if dist.get_rank() == 0 else (other[key] + rows[key])
+                    for key in rows}
+    ref = engine_reference(spec, weights, all_rows, layers)
 
     ps.initialize_model_parallel(spec["tp"], spec["pp"])
     try:
@@ -460,18 +469,28 @@ def run_engine(spec: dict) -> dict:
         engine.model_config = SimpleNamespace(
             hf_config=SimpleNamespace(architectures=["Qwen2ForCausalLM"], audio_token_id=AUDIO_ID),
             tokenizer=SimpleNamespace(pad_token_id=0), mtp=SimpleNamespace(enable=False, enable_train=False))
-        engine.tf_config, engine.module, engine.enable_routing_replay = config, chunks, False
+        wrapped = chunks
+        if ddp:
+            from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+            wrapped = [DistributedDataParallel(config, DistributedDataParallelConfig(), chunk) for chunk in chunks]
+        engine.tf_config, engine.module, engine.enable_routing_replay = config, wrapped, False
+
+        def gradient(param):
+            grad = param.main_grad if ddp else param.grad  # DDP accumulates into its reduced buffer
+            return grad.clone() if grad is not None else torch.zeros_like(param)
 
         def step(coef: float):
             actor = McoreActorConfig(
                 strategy="megatron", ppo_mini_batch_size=4, ppo_micro_batch_size_per_gpu=2, use_dynamic_bsz=False,
                 loss_agg_mode="seq-mean-token-mean", rollout_n=1, policy_loss=MAPOPolicyLossConfig(
                     mapo=MAPOConfig(attention=AttentionLossConfig(coef=coef, layers=layers))))
-            for chunk in chunks:
-                chunk.zero_grad(set_to_none=True)
+            for chunk in wrapped:
+                chunk.zero_grad_buffer() if ddp else chunk.zero_grad(set_to_none=True)
             output = engine.forward_backward_batch(batch.clone(), partial(ppo_loss, config=actor))
-            grads = {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-                     for chunk in chunks for n, p in global_names(chunk).items()}
+            for chunk in wrapped if ddp else []:
+                chunk.finish_grad_sync()  # the average over data-parallel ranks
+            grads = {n: gradient(p) for chunk in chunks for n, p in global_names(chunk).items()}
             return output, grads
 
         with_attn, grads_with = step(ETA)
@@ -490,7 +509,7 @@ def run_engine(spec: dict) -> dict:
             attn=metrics["mapo/attn_loss"].aggregate() if "mapo/attn_loss" in metrics else None,
             audio_mass=metrics["mapo/audio_mass"].aggregate() if "mapo/audio_mass" in metrics else None,
             metric_names=sorted(k for k in metrics if k.startswith("mapo/")),
-            pp_rank=ps.get_pipeline_model_parallel_rank())
+            pp_rank=ps.get_pipeline_model_parallel_rank(), dp_size=ps.get_data_parallel_world_size())
     finally:
         ps.destroy_model_parallel()
 

@@ -21,7 +21,7 @@ import pytest
 
 HARNESS = Path(__file__).with_name("mcore_harness.py")
 PARALLEL_SCENARIOS = ["tp1_recompute", "tp2_gqa1", "tp2_recompute", "pp2_first_stage", "pp2_selective", "vpp2",
-                      "span_error", "cp2_unfused", "engine_pp2"]
+                      "span_error", "cp2_unfused", "engine_pp2", "engine_dp2_ddp"]
 REL_TOL = 1e-6  # the issue's bar; measured values are printed by -rA / in the JSON
 MASS_TOL = 1e-12
 
@@ -147,6 +147,19 @@ def test_verl_megatron_engine_adds_exactly_eta_times_the_attention_loss(results)
     # deciles and the late/early ratio are logged only where they hold tokens (no NaN metrics)
     assert {"mapo/attn_loss", "mapo/audio_mass", "mapo/audio_mass/decile_0"} <= set(logged["metric_names"])
     assert runs[0]["metric_names"] == []  # only the last stage reports, as veRL collects from it
+
+
+def test_verl_megatron_engine_under_data_parallel_ddp_matches_the_union_of_both_ranks(results):
+    """DP=2 through megatron-core's DDP wrapper, different rows per rank: after the DDP average the
+    attention-loss gradient is η·∇L_attn over both ranks' rows (the engine's dp_size factor and its
+    DP-summed G and N), the logged audio mass is the mean over both ranks' response tokens, and the
+    ranks' attention-loss metrics average (as veRL reduces worker metrics) to the step's loss."""
+    runs = _scenario(results, "engine_dp2_ddp")
+    for rank, run in enumerate(runs):
+        assert run["dp_size"] == 2
+        assert run["grad_scale"] > 0 and run["grad_rel"] <= REL_TOL, (rank, run)
+        assert _rel(run["audio_mass"], run["audio_mass_ref"]) <= 1e-12
+    assert _rel(sum(run["attn"] for run in runs) / len(runs), runs[0]["attn_ref"]) <= 1e-12
 
 
 def test_verl_megatron_engine_passes_audio_features(results):
