@@ -21,8 +21,15 @@ import traceback
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bridge_models as bm  # noqa: E402  (imports Megatron-Bridge, installs the CPU shims)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_HERE, os.path.join(os.path.dirname(_HERE), "megatron")]
+import te_stub  # noqa: E402
+
+te_stub.import_megatron_bridge()
+import cpu_shims  # noqa: E402
+
+cpu_shims.install()
+import bridge_models as bm  # noqa: E402
 
 import torch.distributed as dist  # noqa: E402
 from megatron.core import parallel_state as ps  # noqa: E402

@@ -1,40 +1,29 @@
-"""Tiny Megatron-Bridge audio models (real Megatron-Bridge classes) and their data, for the bridge-lane tests.
+"""Tiny Megatron-Bridge audio models (real Megatron-Bridge classes) and their data, for the bridge lane.
 
-Importing this module imports Megatron-Bridge through :mod:`te_stub` and installs the
-megatron-core CPU shims of ``tests/megatron/cpu_shims.py``. Each family builds the model
-class that Megatron-Bridge's provider builds (``Qwen25OmniModel``, ``Qwen3OmniModel``,
-``Qwen2AudioModel``) from tiny HF configs, with megatron-core's local (non-TE) layer spec,
-in float64: the providers of the two Omni families hard-code Transformer Engine's layer
-spec, so their ``provide`` cannot run on CPU and the model class is built directly with the
-same arguments; Qwen2-Audio's provider takes a layer spec and is used as it is.
+Each family builds the model class that Megatron-Bridge's provider builds (``Qwen25OmniModel``,
+``Qwen3OmniModel``, ``Qwen2AudioModel``) from tiny HF configs: the providers of the two Omni families
+hard-code Transformer Engine's layer spec, so their model classes are built directly with the
+provider's arguments and the layer spec asked for; Qwen2-Audio's provider takes a layer spec and is
+used as it is. The caller imports Megatron-Bridge first (on CPU: ``te_stub.import_megatron_bridge``,
+plus ``tests/megatron/cpu_shims``); ``scripts/gpu_check_megatron.sh`` builds the same models on a GPU.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from megatron.core import parallel_state as ps
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.enums import AttnBackend
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "megatron"))
-import te_stub  # noqa: E402
-
-te_stub.import_megatron_bridge()
-import cpu_shims  # noqa: E402
-
-cpu_shims.install()
-
-from megatron.core import parallel_state as ps  # noqa: E402
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec  # noqa: E402
-from megatron.core.process_groups_config import ProcessGroupCollection  # noqa: E402
-from megatron.core.transformer.enums import AttnBackend  # noqa: E402
-
-from mapo_verl.megatron.models import expose_stage_flags, find_language_model  # noqa: E402
-from mapo_verl.patches import megatron_bridge as bridge_patches  # noqa: E402
+from mapo_verl.megatron.models import expose_stage_flags, find_language_model
+from mapo_verl.patches import megatron_bridge as bridge_patches
 
 assert bridge_patches.install(), "the pinned megatron-bridge is not the installed one"
 
@@ -47,7 +36,24 @@ QWEN2_AUDIO_FRAMES = 40  # Qwen2-Audio's encoder takes exactly 2 x max_source_po
 FAMILIES = ("qwen25_omni", "qwen3_omni", "qwen2_audio")
 
 
-def _common_config(tp: int, pp: int, recompute: str | None) -> dict:
+@dataclass(frozen=True)
+class Numerics:
+    """Precision and kernels: float64 with megatron-core's local layer spec (CPU tests), or bf16 with
+    Transformer Engine's spec on a GPU."""
+
+    dtype: torch.dtype = torch.float64
+    transformer_engine: bool = False
+
+    def layer_spec(self, **kwargs):
+        if self.transformer_engine:
+            return get_gpt_layer_with_transformer_engine_spec(**kwargs)
+        return get_gpt_layer_local_spec(**kwargs)
+
+
+CPU = Numerics()
+
+
+def _common_config(tp: int, pp: int, recompute: str | None, numerics: Numerics) -> dict:
     extra = {}
     if recompute == "full":
         extra = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -57,11 +63,13 @@ def _common_config(tp: int, pp: int, recompute: str | None) -> dict:
         num_layers=LAYERS, hidden_size=HIDDEN, ffn_hidden_size=48, num_attention_heads=HEADS, num_query_groups=GROUPS,
         kv_channels=HIDDEN // HEADS, vocab_size=VOCAB, normalization="RMSNorm", gated_linear_unit=True,
         add_bias_linear=False, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        pipeline_dtype=torch.float64, params_dtype=torch.float64, use_cpu_initialization=True, hidden_dropout=0.0,
+        pipeline_dtype=numerics.dtype, params_dtype=numerics.dtype, bf16=numerics.dtype == torch.bfloat16,
+        use_cpu_initialization=not torch.cuda.is_available(), hidden_dropout=0.0,
         attention_dropout=0.0, masked_softmax_fusion=False, bias_activation_fusion=False, bias_dropout_fusion=False,
         apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False, batch_p2p_comm=False,
         # megatron-core's local layer spec has no sequence-parallel norm
-        attention_backend=AttnBackend.local, sequence_parallel=False, share_embeddings_and_output_weights=False,
+        attention_backend=AttnBackend.auto if numerics.transformer_engine else AttnBackend.local,
+        sequence_parallel=False, share_embeddings_and_output_weights=False,
         **extra)
 
 
@@ -75,7 +83,7 @@ def _stage_flags() -> dict:
 
 
 # --------------------------------------------------------------------------- Qwen2.5-Omni
-def _qwen25_omni(tp: int, pp: int, recompute: str | None) -> torch.nn.Module:
+def _qwen25_omni(tp: int, pp: int, recompute: str | None, numerics: Numerics) -> torch.nn.Module:
     from megatron.bridge.models.qwen_omni.modeling_qwen25_omni.model import Qwen25OmniModel
     from megatron.bridge.models.qwen_omni.qwen25_omni_provider import Qwen25OmniModelProvider
     from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniThinkerConfig
@@ -94,16 +102,16 @@ def _qwen25_omni(tp: int, pp: int, recompute: str | None) -> torch.nn.Module:
     provider = Qwen25OmniModelProvider(
         thinker_config=thinker, head_dim=HIDDEN // HEADS, add_qkv_bias=True, qk_layernorm=False,
         mrope_section=[1, 1, 2], rotary_base=10000.0, language_max_sequence_length=SEQ, position_id_per_seconds=25,
-        **ids, **_common_config(tp, pp, recompute))
+        **ids, **_common_config(tp, pp, recompute, numerics))
     provider.finalize()
     return Qwen25OmniModel(language_transformer_config=provider,
-                           language_transformer_layer_spec=get_gpt_layer_local_spec(qk_layernorm=False),
+                           language_transformer_layer_spec=numerics.layer_spec(qk_layernorm=False),
                            thinker_transformer_config=thinker, pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
                            **_stage_flags())
 
 
 # --------------------------------------------------------------------------- Qwen3-Omni (MoE)
-def _qwen3_omni(tp: int, pp: int, recompute: str | None) -> torch.nn.Module:
+def _qwen3_omni(tp: int, pp: int, recompute: str | None, numerics: Numerics) -> torch.nn.Module:
     from megatron.bridge.models.qwen_omni.modeling_qwen3_omni.model import Qwen3OmniModel
     from megatron.bridge.models.qwen_omni.qwen3_omni_provider import Qwen3OmniModelProvider
     from transformers import Qwen3OmniMoeThinkerConfig
@@ -126,16 +134,16 @@ def _qwen3_omni(tp: int, pp: int, recompute: str | None) -> torch.nn.Module:
         moe_grouped_gemm=False, moe_permute_fusion=False, moe_router_load_balancing_type="none",
         # veRL sets the alltoall dispatcher, which opens a CUDA stream at construction; allgather runs on CPU
         moe_aux_loss_coeff=0.0, moe_token_dispatcher_type="allgather", **_token_ids(),
-        **_common_config(tp, pp, recompute))
+        **_common_config(tp, pp, recompute, numerics))
     provider.finalize()
-    spec = get_gpt_layer_local_spec(num_experts=4, moe_grouped_gemm=False, qk_layernorm=True)
+    spec = numerics.layer_spec(num_experts=4, moe_grouped_gemm=False, qk_layernorm=True)
     return Qwen3OmniModel(language_transformer_config=provider, language_transformer_layer_spec=spec,
                           thinker_transformer_config=thinker, pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
                           **_stage_flags())
 
 
 # --------------------------------------------------------------------------- Qwen2-Audio
-def _qwen2_audio(tp: int, pp: int, recompute: str | None) -> torch.nn.Module:
+def _qwen2_audio(tp: int, pp: int, recompute: str | None, numerics: Numerics) -> torch.nn.Module:
     from megatron.bridge.models.gpt_provider import local_layer_spec
     from megatron.bridge.models.qwen_audio.qwen2_audio_provider import Qwen2AudioModelProvider
     from transformers import Qwen2AudioConfig
@@ -146,15 +154,16 @@ def _qwen2_audio(tp: int, pp: int, recompute: str | None) -> torch.nn.Module:
         text_config=dict(model_type="qwen2", vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=48,
                          num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=GROUPS),
         audio_token_index=AUDIO)
-    provider = Qwen2AudioModelProvider(hf_config=hf_config, audio_token_id=AUDIO, add_qkv_bias=True,
-                                       transformer_layer_spec=local_layer_spec, rotary_base=10000.0,
-                                       seq_length=SEQ, **_common_config(tp, pp, recompute))
+    spec = {} if numerics.transformer_engine else dict(transformer_layer_spec=local_layer_spec)
+    provider = Qwen2AudioModelProvider(hf_config=hf_config, audio_token_id=AUDIO, add_qkv_bias=True, **spec,
+                                       rotary_base=10000.0,
+                                       seq_length=SEQ, **_common_config(tp, pp, recompute, numerics))
     provider.finalize()
     provider._pg_collection = ProcessGroupCollection.use_mpu_process_groups()
     return provider.provide(**_stage_flags())
 
 
-_BUILDERS: dict[str, Callable[[int, int, str | None], torch.nn.Module]] = {
+_BUILDERS: dict[str, Callable[[int, int, str | None, Numerics], torch.nn.Module]] = {
     "qwen25_omni": _qwen25_omni, "qwen3_omni": _qwen3_omni, "qwen2_audio": _qwen2_audio}
 
 
@@ -169,7 +178,7 @@ def four_d_mask(module, args, kwargs):
 
 
 def build_model(family: str, *, tp: int = 1, pp: int = 1, recompute: str | None = None,
-                seed: int = 5) -> torch.nn.Module:
+                numerics: Numerics = CPU, seed: int = 5) -> torch.nn.Module:
     """The family's model chunk for this rank's pipeline stage, stage flags exposed, with the mask shim.
 
     The Omni thinkers also read the [B, S] mask for their rope index, so the shim sits on their language
@@ -178,10 +187,11 @@ def build_model(family: str, *, tp: int = 1, pp: int = 1, recompute: str | None 
     from megatron.core.enums import ModelType
 
     torch.manual_seed(seed)
-    model = expose_stage_flags(_BUILDERS[family](tp, pp, recompute))
+    model = expose_stage_flags(_BUILDERS[family](tp, pp, recompute, numerics))
     model.model_type = ModelType.encoder_or_decoder  # what Megatron-Bridge's get_model sets for the schedules
-    (model if family == "qwen2_audio" else find_language_model(model)).register_forward_pre_hook(
-        four_d_mask, with_kwargs=True)
+    if not numerics.transformer_engine:  # TE reads the [B, S] mask itself
+        (model if family == "qwen2_audio" else find_language_model(model)).register_forward_pre_hook(
+            four_d_mask, with_kwargs=True)
     return model
 
 
