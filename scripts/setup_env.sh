@@ -32,8 +32,17 @@ if [ "${MAPO_SKIP_MEGATRON_LANE:-0}" = "1" ]; then
   echo "[setup] MAPO_SKIP_MEGATRON_LANE=1: .venv-megatron not set up"
   exit 0
 fi
-python312="${MAPO_PYTHON312:-$(command -v python3.12 || ls -d "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1 || true)}"
-if [ -z "$python312" ] || [ ! -x "$python312" ]; then
+# The first Python 3.12 that runs: $MAPO_PYTHON312, pyenv's installs (a pyenv shim answers only for the
+# selected version), then the PATH.
+python312=""
+for candidate in ${MAPO_PYTHON312:-} "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/3.12*/bin/python3.12 \
+                 "$(command -v python3.12 || true)"; do
+  if [ -n "$candidate" ] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+    python312="$candidate"
+    break
+  fi
+done
+if [ -z "$python312" ]; then
   echo "[setup] no Python 3.12 found (set MAPO_PYTHON312): the Megatron-Bridge lane needs it" >&2
   exit 1
 fi
