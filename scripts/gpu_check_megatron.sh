@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepared GPU check of the Megatron audio-mass hook (issue 5). One short run on a lent GPU.
+# Prepared GPU check of the Megatron audio-mass hook. One short run on a lent GPU.
 #
 # What it measures, on one GPU in bf16 with a megatron-core GPTModel (TE attention when
 # transformer-engine is importable, megatron-core's unfused attention otherwise):
@@ -8,11 +8,18 @@
 #   - the hooked a_t (bf16 kernel) against an fp32 explicit-softmax mass from the same q, k.
 # Result: $OUT/gpu_check_megatron.json (and the log on stdout).
 #
-# The device has no network and no veRL: this needs only megatron-core, which travels as a
-# wheel. Prepare once on the CPU machine (ignored folder, carried with the call):
-#   .venv/bin/pip download megatron-core==0.16.1 --no-deps --only-binary=:all: \
-#       --python-version 3.12 -d .gpu_wheels
-# (add transformer_engine wheels to .gpu_wheels/ if they fit the 64 MiB carry), then run
+# Then, where Megatron-Bridge is importable (carried), scripts/gpu_check_bridge.py: Megatron-Bridge's
+# Qwen2.5-Omni, Qwen3-Omni and Qwen2-Audio models (tiny, bf16, TE spec when TE is importable), one
+# hooked training step at micro-batch size 1 and 2 each, a_t vs fp32 explicit softmax
+# ($OUT/gpu_check_bridge.json).
+#
+# The device has no network and no veRL: this needs megatron-core (and for the second part
+# Megatron-Bridge and what it imports), which travel as wheels (about 20 MB; the 64 MiB carry).
+# Prepare once on the CPU machine (ignored folder, carried with the call):
+#   .venv-megatron/bin/pip download --no-deps --only-binary=:all: --python-version 3.12 -d .gpu_wheels \
+#       megatron-core==0.18.2 megatron-bridge==0.5.1 transformers==5.8.1 nvidia-modelopt==0.47.0 \
+#       diffusers==0.42.1
+# (add transformer_engine wheels to .gpu_wheels/ if they fit), then run
 #   bash scripts/gpu_check_megatron.sh            with carry [".gpu_wheels"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -161,3 +168,9 @@ with open(os.path.join(os.environ["OUT"], "gpu_check_megatron.json"), "w") as fh
 print(json.dumps(results, indent=1))
 dist.destroy_process_group()
 PY
+if python -c "import megatron.bridge" >/dev/null 2>&1 || \
+   python -c "import importlib.util as u; assert u.find_spec('megatron.bridge')" >/dev/null 2>&1; then
+  python scripts/gpu_check_bridge.py || echo "gpu_check_bridge.py failed (see above)" >&2
+else
+  echo "Megatron-Bridge not importable: the bridge models were not checked (see the header)" >&2
+fi
