@@ -14,11 +14,8 @@ out here, and one ordinary ``backward`` of ``Σ_mb (L_main + η·L_attn)``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import traceback
 from contextlib import nullcontext
 from functools import partial
 
@@ -26,6 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_shims  # noqa: E402
+from gloo_world import serve_rank  # noqa: E402
 
 cpu_shims.install()
 
@@ -535,28 +533,5 @@ def run_scenario(name: str) -> dict:
     return run_hooked(spec, ref, data)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--world", type=int, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--scenarios", required=True)
-    args = parser.parse_args()
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
-                            world_size=args.world)
-    results = {}
-    for name in args.scenarios.split(","):
-        try:
-            results[name] = run_scenario(name)
-        except Exception:  # reported to the test, which fails naming the scenario
-            results[name] = dict(crash=traceback.format_exc())
-            if ps.model_parallel_is_initialized():
-                ps.destroy_model_parallel()
-    with open(os.path.join(args.out, f"rank{args.rank}.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
-    dist.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    serve_rank(run_scenario)

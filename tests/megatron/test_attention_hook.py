@@ -10,14 +10,14 @@ attention-loss values and the masses agree to float64 precision.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "megatron"))
+from gloo_world import run_world, scenario_runs  # noqa: E402
 
 HARNESS = Path(__file__).with_name("mcore_harness.py")
 PARALLEL_SCENARIOS = ["tp1_recompute", "tp2_gqa1", "tp2_recompute", "pp2_first_stage", "pp2_selective", "vpp2",
@@ -28,43 +28,10 @@ MASS_TOL = 1e-12
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
     """Launch the two-rank world once; per rank, scenario name -> measurements."""
-    out = tmp_path_factory.mktemp("mcore")
-    port, world = _free_port(), 2
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen([sys.executable, str(HARNESS), "--rank", str(r), "--world", str(world),
-                               "--port", str(port), "--out", str(out), "--scenarios", ",".join(PARALLEL_SCENARIOS)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for r in range(world)]
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=300)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    per_rank = []
-    for rank, proc in enumerate(procs):
-        path = out / f"rank{rank}.json"
-        assert proc.returncode == 0 and path.exists(), f"rank {rank} failed:\n{logs[rank][-4000:]}"
-        per_rank.append(json.loads(path.read_text()))
-    return per_rank
-
-
-def _scenario(results, name):
-    runs = [rank[name] for rank in results]
-    for rank, run in enumerate(runs):
-        assert "crash" not in run, f"{name} crashed on rank {rank}:\n{run['crash']}"
-    return runs
+    return run_world(HARNESS, PARALLEL_SCENARIOS, tmp_path_factory.mktemp("mcore"), timeout=300)
 
 
 def _rel(a, b):
@@ -74,7 +41,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("name", ["tp1_recompute", "tp2_gqa1", "tp2_recompute", "pp2_first_stage", "pp2_selective",
                                   "vpp2"])
 def test_loss_and_gradients_match_the_explicit_reference(results, name):
-    for rank, run in enumerate(_scenario(results, name)):
+    for rank, run in enumerate(scenario_runs(results, name)):
         print(f"{name} rank {rank}: grad rel {run['grad_rel']:.2e}, attn rel {_rel(run['attn'], run['attn_ref']):.2e},"
               f" main rel {_rel(run['main'], run['main_ref']):.2e}, mass abs {run['mass_abs']}")
         assert run["grad_rel"] <= REL_TOL, f"{name} rank {rank}: gradients differ by {run['grad_rel']:.3e} (relative)"
@@ -86,21 +53,21 @@ def test_loss_and_gradients_match_the_explicit_reference(results, name):
 @pytest.mark.parametrize("name", ["tp1_recompute", "tp2_gqa1", "tp2_recompute", "pp2_first_stage", "pp2_selective",
                                   "vpp2"])
 def test_mass_equals_explicit_softmax_mass(results, name):
-    measured = [run["mass_abs"] for run in _scenario(results, name) if run["mass_abs"] is not None]
+    measured = [run["mass_abs"] for run in scenario_runs(results, name) if run["mass_abs"] is not None]
     assert measured, f"{name}: no rank computed the mass"
     assert max(measured) <= MASS_TOL
 
 
 def test_tensor_parallel_ranks_both_measure_their_heads(results):
     for name in ("tp2_gqa1", "tp2_recompute"):
-        runs = _scenario(results, name)
+        runs = scenario_runs(results, name)
         assert sorted(r["tp_rank"] for r in runs) == [0, 1]
         assert all(r["requests"] == 2 and r["measured_layers"] for r in runs)
 
 
 def test_stage_without_hooked_layers_is_untouched(results):
     """PP=2 with the chosen layers on stage 0: stage 1 wraps nothing, attaches nothing, still reduces metrics."""
-    runs = {r["pp_rank"]: r for r in _scenario(results, "pp2_first_stage")}
+    runs = {r["pp_rank"]: r for r in scenario_runs(results, "pp2_first_stage")}
     assert runs[0]["measured_layers"] == [0, 1] and runs[0]["requests"] == 3
     assert runs[1]["wrapped_modules"] == 0 and runs[1]["requests"] == 0 and runs[1]["measured_layers"] == []
     assert runs[1]["attn"] == runs[0]["attn"]  # the pipeline sum reached the stage without layers
@@ -108,22 +75,22 @@ def test_stage_without_hooked_layers_is_untouched(results):
 
 
 def test_hooked_chunk_can_sit_anywhere(results):
-    last = {r["pp_rank"]: r for r in _scenario(results, "pp2_selective")}
+    last = {r["pp_rank"]: r for r in scenario_runs(results, "pp2_selective")}
     assert last[1]["measured_layers"] == [3] and last[0]["requests"] == 0
-    vpp = {r["pp_rank"]: r for r in _scenario(results, "vpp2")}
+    vpp = {r["pp_rank"]: r for r in scenario_runs(results, "vpp2")}
     assert vpp[0]["measured_layers"] == [4, 5] and vpp[0]["requests"] == 4  # stage 0, VPP chunk 1
     assert vpp[1]["requests"] == 0
 
 
 def test_layers_spanning_chunks_are_refused_on_every_rank(results):
-    for run in _scenario(results, "span_error"):
+    for run in scenario_runs(results, "span_error"):
         assert run["error"] is not None
         assert "mapo.attention.layers" in run["error"]
         assert "pipeline stage 0 / VPP chunk 0" in run["error"] and "pipeline stage 1 / VPP chunk 0" in run["error"]
 
 
 def test_context_parallel_with_the_unfused_attention_fails_clearly(results):
-    for run in _scenario(results, "cp2_unfused"):
+    for run in scenario_runs(results, "cp2_unfused"):
         assert "TEDotProductAttention" in run["megatron"]  # megatron-core refuses to build it
         assert "TEDotProductAttention" in run["hook"] and "context-parallel size 2" in run["hook"]
 
@@ -138,7 +105,7 @@ def test_verl_megatron_engine_adds_exactly_eta_times_the_attention_loss(results)
     """MAPOMegatronEngine through veRL's own forward_backward_batch, ppo_loss and PP=2 schedule (BSHD inputs,
     hooked layers on stage 0): grad(η>0) − grad(η=0) equals η·∇L_attn of the explicit reference, whose
     a_t is read at the position predicting response token t; the metrics reach the logging stage."""
-    runs = {r["pp_rank"]: r for r in _scenario(results, "engine_pp2")}
+    runs = {r["pp_rank"]: r for r in scenario_runs(results, "engine_pp2")}
     assert runs[0]["grad_scale"] > 0 and runs[0]["grad_rel"] <= REL_TOL, runs[0]
     assert runs[1]["grad_rel"] == 0.0  # stage 1 holds no chosen layer: η changes none of its gradients
     logged = runs[1]
@@ -154,7 +121,7 @@ def test_verl_megatron_engine_under_data_parallel_ddp_matches_the_union_of_both_
     attention-loss gradient is η·∇L_attn over both ranks' rows (the engine's dp_size factor and its
     DP-summed G and N), the logged audio mass is the mean over both ranks' response tokens, and the
     ranks' attention-loss metrics average (as veRL reduces worker metrics) to the step's loss."""
-    runs = _scenario(results, "engine_dp2_ddp")
+    runs = scenario_runs(results, "engine_dp2_ddp")
     for rank, run in enumerate(runs):
         assert run["dp_size"] == 2
         assert run["grad_scale"] > 0 and run["grad_rel"] <= REL_TOL, (rank, run)
@@ -165,7 +132,7 @@ def test_verl_megatron_engine_under_data_parallel_ddp_matches_the_union_of_both_
 def test_verl_megatron_engine_passes_audio_features(results):
     """veRL's Megatron forward passes only image/video keys; the engine adds the padded audio features
     (veRL's own multi_modal_inputs collation) for one call, and names a model that cannot take them."""
-    for run in _scenario(results, "engine_pp2"):
+    for run in scenario_runs(results, "engine_pp2"):
         assert run["audio_shape"] == [2, 3, 6]  # two samples' features, padded to the longest
         assert run["audio_mask_sum"] == 11.0
         assert run["audio_after"]  # the pre-hook is gone after the call

@@ -13,11 +13,8 @@ weights and data: TP=1, PP=1, the audio mass from explicitly materialised softma
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import traceback
 
 import torch
 
@@ -27,11 +24,11 @@ import te_stub  # noqa: E402
 
 te_stub.import_megatron_bridge()
 import cpu_shims  # noqa: E402
+from gloo_world import serve_rank  # noqa: E402
 
 cpu_shims.install()
 import bridge_models as bm  # noqa: E402
 
-import torch.distributed as dist  # noqa: E402
 from megatron.core import parallel_state as ps  # noqa: E402
 from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E402
 from mcore_harness import EPS, ETA, explicit_attention_loss  # noqa: E402
@@ -250,29 +247,5 @@ def run_scenario(name: str) -> dict:
     return run_hooked(family, CASES[case], ref, data)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--world", type=int, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--scenarios", required=True)
-    args = parser.parse_args()
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
-                            world_size=args.world)
-    results = {}
-    for name in args.scenarios.split(","):
-        try:
-            results[name] = run_scenario(name)
-        except Exception:  # reported to the test, which fails naming the scenario
-            results[name] = dict(crash=traceback.format_exc())
-            if ps.model_parallel_is_initialized():
-                ps.destroy_model_parallel()
-        print(f"[rank {args.rank}] {name} done", flush=True)
-    with open(os.path.join(args.out, f"rank{args.rank}.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
-    dist.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    serve_rank(run_scenario)

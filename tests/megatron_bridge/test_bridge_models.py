@@ -11,14 +11,13 @@ kept away from it.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "megatron"))
+from gloo_world import run_world, scenario_runs  # noqa: E402
 
 HARNESS = Path(__file__).with_name("bridge_harness.py")
 CASES = ["tp2_mbs1", "tp2_mbs2_full", "pp2_mbs2_selective", "pp2_mbs1_first"]
@@ -31,48 +30,15 @@ VALUE_TOL = 1e-12
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
     """Launch the two-rank world once; per rank, scenario name -> measurements."""
-    out = tmp_path_factory.mktemp("bridge")
-    port, world = _free_port(), 2
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen([sys.executable, str(HARNESS), "--rank", str(r), "--world", str(world), "--port",
-                               str(port), "--out", str(out), "--scenarios", ",".join(PARALLEL + ABLATED)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for r in range(world)]
-    logs = []
-    try:
-        for proc in procs:
-            logs.append(proc.communicate(timeout=900)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    per_rank = []
-    for rank, proc in enumerate(procs):
-        path = out / f"rank{rank}.json"
-        assert proc.returncode == 0 and path.exists(), f"rank {rank} failed:\n{logs[rank][-4000:]}"
-        per_rank.append(json.loads(path.read_text()))
-    return per_rank
-
-
-def _runs(results, name):
-    runs = [rank[name] for rank in results]
-    for rank, run in enumerate(runs):
-        assert "crash" not in run, f"{name} crashed on rank {rank}:\n{run['crash']}"
-    return runs
+    return run_world(HARNESS, PARALLEL + ABLATED, tmp_path_factory.mktemp("bridge"), timeout=900)
 
 
 @pytest.mark.parametrize("name", PARALLEL)
 def test_loss_and_every_gradient_match_the_explicit_reference(results, name):
-    runs = _runs(results, name)
+    runs = scenario_runs(results, name)
     for rank, run in enumerate(runs):
         print(f"{name} rank {rank} ({run['model']}, {run['attention']}): grad rel {run['grad_rel']:.1e}, "
               f"audio-encoder grad rel {run['audio_grad_rel']}, mass abs {run['mass_abs']}")
@@ -89,12 +55,12 @@ def test_loss_and_every_gradient_match_the_explicit_reference(results, name):
 
 def test_qwen25_omni_attention_is_megatron_bridge_s_own(results):
     """The hook runs inside Megatron-Bridge's Qwen3VLSelfAttention (the class that squeezed batch 1)."""
-    assert {run["attention"] for run in _runs(results, "qwen25_omni:tp2_mbs1")} == {"Qwen3VLSelfAttention"}
+    assert {run["attention"] for run in scenario_runs(results, "qwen25_omni:tp2_mbs1")} == {"Qwen3VLSelfAttention"}
 
 
 @pytest.mark.parametrize("name", ABLATED)
 def test_ablated_entropies_differ_only_after_the_first_audio_placeholder(results, name):
-    for run in _runs(results, name):
+    for run in scenario_runs(results, name):
         assert run["before_max_abs"] == 0.0
         assert run["after_min_of_max_abs"] > 1e-4  # every sample's entropies move once audio is in the context
         assert run["kept"] == ["feature_attention_mask"]  # features dropped, clip lengths kept for the positions
