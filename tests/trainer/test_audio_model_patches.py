@@ -302,8 +302,12 @@ def test_agent_loop_mismatch_names_the_dataset_sample(processors):
 
     wrapped = _wrap_run_agent_loop(run_agent_loop)
     coroutine = wrapped(_worker(processor), {}, {"sample_index": 0}, uid="u-1", session_id=2, index=17)
-    with pytest.raises(AudioPlaceholderMismatchError, match="sample uid=u-1, session_id=2, index=17"):
+    # the agent loop's fault handling re-raises every trajectory error as RolloutSampleError naming the sample
+    from mapo_verl.patches.faults import RolloutSampleError
+
+    with pytest.raises(RolloutSampleError, match="sample uid=u-1, session_id=2, index=17") as raised:
         asyncio.run(coroutine)
+    assert isinstance(raised.value.__cause__, AudioPlaceholderMismatchError)
 
 
 # ---- model class, FSDP2 wrap order, 3-D position ids, version pin -----------------------------
