@@ -57,7 +57,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   start=$SECONDS
   .venv-megatron/bin/python -m pip install -q --upgrade pip
   .venv-megatron/bin/python -m pip install -q -c constraints/megatron-cpu.txt -e ".[test]" \
-    megatron-core transformers hydra-core nvidia-modelopt diffusers rich
+    megatron-core transformers hydra-core nvidia-modelopt diffusers rich einops
   .venv-megatron/bin/python -m pip install -q --no-deps -c constraints/megatron-cpu.txt megatron-bridge
   echo "$wanted" > "$stamp"
   echo "[setup] .venv-megatron ready in $((SECONDS - start)) s ($(du -sh .venv-megatron | cut -f1))"
