@@ -3,8 +3,10 @@
     python scripts/bench_grounding.py [--quick] [--seeds 0 1] [--arms grpo mapo mask_only attn_only]
                                       [--steps 120] [--warm-steps 1400] [--out results/grounding]
 
-Per seed: a supervised warm start of a tiny Qwen2.5-Omni thinker on tone naming
-(:mod:`mapo_verl.demo.warm_start`), then one RL run per arm through veRL's real
+Per seed: a supervised warm start of a tiny Qwen2.5-Omni thinker on tone naming of
+prior-free (``uniform``) clips (:mod:`mapo_verl.demo.warm_start`), then one RL run per arm
+on long clips (K in :data:`RL_TONES`) of the ``cycle`` distribution, whose late text prior
+tempts a policy to stop listening (docs/RESULTS.md, "Task"), through veRL's real
 ``main_ppo`` on the CPU backend (:mod:`mapo_verl.demo.launch`), all arms from the same
 warm start with the same data, seeds and step budget:
 
@@ -14,7 +16,8 @@ warm start with the same data, seeds and step budget:
 - ``attn_only``  MAPO with ω̃ ≡ 1 (``tau_base=1e6``: ω̃ = 1 to within 1e-5) and the attention loss.
 
 Each final actor (and the warm start itself, arm ``warm_start``) is evaluated on held-out
-clips (:mod:`mapo_verl.demo.grounding_eval`). Results: one JSON per (seed, arm) in ``--out``
+clips (:mod:`mapo_verl.demo.grounding_eval`; ``--eval-split dev`` for design checks, so that
+nothing is chosen on the ``test`` clips the reported numbers use). Results: one JSON per (seed, arm) in ``--out``
 (they accumulate over invocations: a later run with other seeds adds to the table), then
 ``summary.md`` (mean ± sample std over seeds, with the seed count of every number), PNG
 plots, and an overlay of the runs' training logs (``mapo-collapse-report --compare``).
@@ -44,7 +47,8 @@ ARMS = {
     "attn_only": ("mapo_grounding_tiny_cpu", ["actor_rollout_ref.actor.policy_loss.mapo.tau_base=1000000.0"]),
 }
 BASELINE = "warm_start"
-RL_TONES = (4, 12)  # K of the RL training clips; evaluation also goes beyond (grounding_eval.EVAL_TONES)
+RL_TONES = (8, 12)  # K of the RL training clips (where the warm start still errs); evaluation also goes beyond
+WARM_DISTRIBUTION = "uniform"  # the warm start listens; the late text prior comes only with RL
 PLOTS = ("exact_accuracy_by_k.png", "position_accuracy_k12.png", "audio_mass_by_position.png",
          "delta_h_by_position.png", "perturbation_k12.png", "reward_over_steps.png")
 _FULL = {"warm_steps": 1400, "pool": 2000, "steps": 50, "train_rows": 256, "val_rows": 16, "clips_per_k": 60}
@@ -100,7 +104,8 @@ def run_arm(arm: str, seed: int, model: Path, data: dict, steps: int, work: Path
             "checkpoint": str(run_dir / "checkpoints" / f"global_step_{steps}" / "actor")}
 
 
-def evaluate_model(model_dir: Path, checkpoint: str | None, sizes: dict, seed: int, quick: bool) -> dict:
+def evaluate_model(model_dir: Path, checkpoint: str | None, sizes: dict, seed: int, quick: bool,
+                   split: str = "test") -> dict:
     import torch
 
     from mapo_verl.demo.grounding_eval import EVAL_TONES, evaluate
@@ -111,7 +116,7 @@ def evaluate_model(model_dir: Path, checkpoint: str | None, sizes: dict, seed: i
         load_actor_checkpoint(model, checkpoint)
     torch.manual_seed(seed)
     tones = (4, 12, 16) if quick else EVAL_TONES
-    return evaluate(model, processor, clips_per_k=sizes["clips_per_k"], tones=tones, seed=seed)
+    return evaluate(model, processor, clips_per_k=sizes["clips_per_k"], tones=tones, seed=seed, split=split)
 
 
 def step_metrics(run_dir: str) -> dict:
@@ -177,12 +182,17 @@ def summary_rows(results: dict) -> list[tuple[str, list[str]]]:
             cells += [_cell([e["greedy"][dist][k]["exact"] for e in ev]) for k in tones]
         k12 = "12"
         cells.append(_cell([_late_mean(e["greedy"]["uniform"][k12]["position_acc"], 6) for e in ev]))
+        cells.append(_cell([_late_mean(e["greedy"]["uniform"][k12]["prior_follow"], 5) for e in ev]))
         cells.append(_cell([_late_mean(e["teacher_forced"]["uniform"][k12]["audio_mass_layer_mean"], 6)
                             / float(np.mean(e["teacher_forced"]["uniform"][k12]["audio_mass_layer_mean"][:3]))
                             for e in ev]))
         cells.append(_cell([float(np.mean(e["perturbation"]["uniform"]["silence_vs_original"]["position_acc"]))
                             for e in ev]))
         cells.append(_cell([float(np.mean(e["perturbation"]["uniform"]["swap_vs_original"]["position_acc"]))
+                            for e in ev]))
+        cells.append(_cell([_late_mean(e["perturbation"]["uniform"]["swap_vs_swapped_clip"]["position_acc"], 6)
+                            for e in ev]))
+        cells.append(_cell([_late_mean(e["perturbation"]["uniform"]["silence_vs_original"]["prior_follow"], 5)
                             for e in ev]))
         cells.append(_cell([r.get("wall_s") for r in records]))
         rows.append((arm, cells))
@@ -292,12 +302,16 @@ def write_summary(results: dict, out: Path) -> Path:
     first = next(iter(next(iter(results.values())).values()))
     tones = first["evaluation"]["tones"]
     header = (["arm"] + [f"exact K={k} uniform" for k in tones] + [f"exact K={k} cycle" for k in tones]
-              + ["pos. acc. t=7–12 (K=12)", "audio mass t=7–12 / t=1–3", "silence pos. acc.", "other clip vs orig.",
-                 "wall s"])
+              + ["pos. acc. t=7–12 (K=12)", "prior-follow t=7–12 (K=12)", "audio mass t=7–12 / t=1–3",
+                 "silence pos. acc.", "other clip vs orig.", "other clip vs its own, t=7–12",
+                 "silence prior-follow t=7–12", "wall s"])
     lines = ["# Grounding benchmark results", "",
              "Mean ± sample standard deviation over seeds; n = seeds behind each number. Greedy decoding on "
              f"held-out clips ({first['evaluation']['clips_per_k']} per K and distribution); RL trained on K in "
-             f"{list(RL_TONES)} (cycle prior); chance per position 1/3. `uniform` clips have no text prior.", "",
+             f"{list(RL_TONES)} (`cycle`: late text prior), warm start on `{WARM_DISTRIBUTION}`; chance per position "
+             "1/3. `uniform` clips have no text prior. Prior-follow = share of answers whose t-th word continues the "
+             "cycle from their own (t−1)-th word (1/3 when naming `uniform` clips by ear, 1 when living on the prior); "
+             "K=12 columns on `uniform` clips, perturbations at K=12.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm, cells in summary_rows(results):
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
@@ -340,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips-per-k", type=int, help="evaluation clips per K and distribution")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "grounding")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "grounding")
+    parser.add_argument("--eval-split", default="test", choices=("test", "dev"),
+                        help="evaluation clips: test (reported) or dev (design checks; default: %(default)s)")
     parser.add_argument("--skip-done", action="store_true", help="keep (seed, arm) results already in --out")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the warm start and the evaluation (default 1: on a shared 2-core "
@@ -367,19 +383,20 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if not (model / "warm_start.json").is_file():
             print(f"[bench] seed {seed}: warm start ({sizes['warm_steps']} steps)", flush=True)
-            warm_start(model, steps=sizes["warm_steps"], seed=seed, pool=sizes["pool"])
+            warm_start(model, steps=sizes["warm_steps"], seed=seed, pool=sizes["pool"], distribution=WARM_DISTRIBUTION)
         warm = json.loads((model / "warm_start.json").read_text())
         data = write_data(work, seed, sizes)
         for arm in todo:
             if arm == BASELINE:
                 run = {"wall_s": warm["wall_s"], "command": f"python -m mapo_verl.demo.warm_start --out {model} "
-                       f"--steps {warm['steps']} --seed {seed} --pool {warm['pool']}"}
+                       f"--steps {warm['steps']} --seed {seed} --pool {warm['pool']} "
+                       f"--distribution {warm.get('distribution', 'cycle')}"}
                 checkpoint, steps = None, 0
             else:
                 run = run_arm(arm, seed, model, data, sizes["steps"], work, args.quick)
                 checkpoint, steps = run["checkpoint"], sizes["steps"]
             start = time.perf_counter()
-            evaluation = evaluate_model(model, checkpoint, sizes, seed, args.quick)
+            evaluation = evaluate_model(model, checkpoint, sizes, seed, args.quick, split=args.eval_split)
             record = {"arm": arm, "seed": seed, "steps": steps, "quick": args.quick, "sizes": sizes, "warm_start": warm,
                       "versions": info, **run, "eval_wall_s": time.perf_counter() - start, "evaluation": evaluation,
                       "train_metrics": step_metrics(run["run_dir"]) if "run_dir" in run else {}}

@@ -5,12 +5,15 @@ is the class names in order, separated by spaces (``"low high mid ..."``). Posit
 answer is right only if the model heard tone t, so per-position naming accuracy measures
 grounding at response position t directly.
 
-Text prior: in the ``cycle`` distribution each tone continues the cycle low → mid → high →
-low with probability :data:`CYCLE_FOLLOW` (else it is drawn uniformly), so a model that stops
-listening and continues the cycle from its own previous words is still right at
-``CYCLE_FOLLOW + (1 − CYCLE_FOLLOW) / 3`` of the positions (:func:`prior_accuracy`): drifting
-to the prior late in a long answer is rewarded often enough to be tempting. The ``uniform``
-distribution (i.i.d. classes) has no prior: chance is 1/3 at every position.
+Text prior, late in the answer: in the ``cycle`` distribution the first :data:`PRIOR_FROM`
+tones are drawn uniformly (they must be heard), and every later tone continues the cycle
+low → mid → high → low with probability :data:`CYCLE_FOLLOW` (else it is drawn uniformly).
+A model that stops listening after position :data:`PRIOR_FROM` and continues the cycle from
+its own previous words is still right at ``CYCLE_FOLLOW + (1 − CYCLE_FOLLOW) / 3`` of the
+late positions (:func:`prior_accuracy`): more often than a model that half-listens, so
+drifting to the prior late in a long answer is rewarded (docs/RESULTS.md, "Task"). The
+``uniform`` distribution (i.i.d. classes) has no prior: chance is 1/3 at every position, and
+a model that follows the cycle there is wrong at 2/3 of the positions.
 
 Everything is generated offline with numpy and is reproducible from a seed. Rows follow
 veRL's ``RLHFDataset`` layout like :mod:`mapo_verl.demo.data`. :func:`compute_score` is the
@@ -30,6 +33,7 @@ __all__ = [
     "CLIP_SECONDS",
     "CYCLE_FOLLOW",
     "DATA_SOURCE",
+    "PRIOR_FROM",
     "DISTRIBUTIONS",
     "QUESTION",
     "TONE_HZ",
@@ -50,7 +54,8 @@ DATA_SOURCE = "mapo_grounding_tones"
 TONE_NAMES = ("low", "mid", "high")
 TONE_HZ = (300.0, 600.0, 1200.0)
 QUESTION = "Name each tone in order: low, mid or high."
-CYCLE_FOLLOW = 0.5
+CYCLE_FOLLOW = 0.9
+PRIOR_FROM = 4
 DISTRIBUTIONS = ("cycle", "uniform")
 # Longest clip: 16 tones of at most 0.25 s, each after a gap of at most 0.10 s, plus the tail gap.
 _TONE_S, _GAP_S = (0.15, 0.25), (0.05, 0.10)
@@ -61,7 +66,7 @@ _WORD = re.compile(r"\S+")
 
 
 def prior_accuracy(follow: float = CYCLE_FOLLOW) -> float:
-    """Per-position accuracy (after the first tone) of continuing the cycle without listening."""
+    """Per-position accuracy (after position :data:`PRIOR_FROM`) of continuing the cycle without listening."""
     return follow + (1.0 - follow) / len(TONE_NAMES)
 
 
@@ -74,8 +79,8 @@ def make_labels(num_tones: int, distribution: str, rng: np.random.Generator) -> 
                          f"got {num_tones}")
     classes = len(TONE_NAMES)
     labels = [int(rng.integers(classes))]
-    for _ in range(num_tones - 1):
-        if distribution == "cycle" and rng.random() < CYCLE_FOLLOW:
+    for position in range(1, num_tones):
+        if distribution == "cycle" and position >= PRIOR_FROM and rng.random() < CYCLE_FOLLOW:
             labels.append((labels[-1] + 1) % classes)
         else:
             labels.append(int(rng.integers(classes)))

@@ -4,8 +4,11 @@ For each distribution (``cycle``: the training prior; ``uniform``: no prior) and
 :data:`EVAL_TONES` (inside and beyond the RL training range), on clips generated from seeds
 that training never uses:
 
-- greedy decoding: exact-sequence accuracy (the final answer) and per-position naming
-  accuracy (position t right iff the t-th word names tone t);
+- greedy decoding: exact-sequence accuracy (the final answer), per-position naming
+  accuracy (position t right iff the t-th word names tone t) and the prior-follow rate at
+  positions t = 2..K (share of answers whose t-th word is the cycle successor of their own
+  (t−1)-th word: 1/3 for a model that names ``uniform`` clips by ear, 1 for one that
+  continues the text prior without listening);
 - teacher forcing on the true answer: per-position accuracy of the argmax (no error
   propagation), audio attention mass of the query that predicts token t (share of its
   attention on the audio placeholder keys, mean over heads; per layer), and
@@ -13,6 +16,9 @@ that training never uses:
 - perturbations at K = :data:`PERTURB_TONES`: the audio replaced by silence, and by another
   clip's audio (same K). A grounded model falls to chance against the original labels
   (1/3 under ``uniform``) and follows the new clip; a model living on the text prior does not.
+
+Clips come from seeds that training never uses, one set per ``split``: ``test`` for the
+reported numbers, ``dev`` for any design choice (nothing is tuned on ``test``).
 """
 
 from __future__ import annotations
@@ -25,11 +31,11 @@ import torch
 from mapo_verl.demo.grounding import DISTRIBUTIONS, TONE_NAMES, make_examples, parse_names, position_correct
 from mapo_verl.demo.grounding_model import Encoded, collate, encode, greedy_decode
 
-__all__ = ["EVAL_TONES", "PERTURB_TONES", "evaluate"]
+__all__ = ["EVAL_TONES", "PERTURB_TONES", "SPLIT_SEEDS", "evaluate", "prior_follow"]
 
 EVAL_TONES = (4, 8, 12, 14, 16)
 PERTURB_TONES = 12
-_EVAL_SEED = 7_000_000  # training pools use seeds below 1_000_000
+SPLIT_SEEDS = {"test": 7_000_000, "dev": 8_000_000}  # training pools use seeds below 1_000_000
 _BATCH = 50
 
 
@@ -53,11 +59,25 @@ def _decode(model, processor, encoded: list[Encoded], max_tones: int) -> list[li
     return out
 
 
+def prior_follow(predicted: list[str], k: int) -> list[float]:
+    """Per position t = 2..k: 1.0 if the t-th word is the cycle successor of the (t−1)-th (both tone
+    names), else 0.0 (also where the answer is too short or a word is not a tone name)."""
+    index = {name: i for i, name in enumerate(TONE_NAMES)}
+    out = []
+    for t in range(1, k):
+        pair = predicted[t - 1:t + 1]
+        follows = len(pair) == 2 and all(w in index for w in pair) and \
+            index[pair[1]] == (index[pair[0]] + 1) % len(TONE_NAMES)
+        out.append(float(follows))
+    return out
+
+
 def _greedy_scores(predicted: list[list[str]], truths: list[list[str]]) -> dict:
     k = len(truths[0])
     correct = [[float(c) for c in position_correct(p, t)] for p, t in zip(predicted, truths)]
     return {"n": len(truths), "exact": float(np.mean([p == t for p, t in zip(predicted, truths)])),
-            "position_acc": _mean_by_position(correct, k), "mean_words": float(np.mean([len(p) for p in predicted]))}
+            "position_acc": _mean_by_position(correct, k), "mean_words": float(np.mean([len(p) for p in predicted])),
+            "prior_follow": _mean_by_position([prior_follow(p, k) for p in predicted], k - 1)}
 
 
 @torch.no_grad()
@@ -93,16 +113,19 @@ def _teacher_forced(model, processor, encoded: list[Encoded]) -> dict:
             "audio_mass_layer_mean": [float(np.mean([curve[t] for curve in per_layer])) for t in range(k)]}
 
 
-def evaluate(model, processor, clips_per_k: int = 100, tones: tuple[int, ...] = EVAL_TONES, seed: int = 0) -> dict:
-    """The evaluation record (see the module docstring) of ``model`` on fresh held-out clips."""
+def evaluate(model, processor, clips_per_k: int = 100, tones: tuple[int, ...] = EVAL_TONES, seed: int = 0,
+             split: str = "test") -> dict:
+    """The evaluation record (see the module docstring) of ``model`` on held-out clips of ``split``."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {list(SPLIT_SEEDS)}, got {split!r}")
     start = time.perf_counter()
     model.eval()
-    record: dict = {"clips_per_k": clips_per_k, "tones": list(tones), "greedy": {}, "teacher_forced": {},
+    record: dict = {"clips_per_k": clips_per_k, "tones": list(tones), "split": split, "greedy": {}, "teacher_forced": {},
                     "perturbation": {}, "chance": 1 / len(TONE_NAMES)}
     for d_index, distribution in enumerate(DISTRIBUTIONS):
         record["greedy"][distribution], record["teacher_forced"][distribution] = {}, {}
         for k in tones:
-            clip_seed = _EVAL_SEED + 1000 * seed + 100 * d_index + k
+            clip_seed = SPLIT_SEEDS[split] + 1000 * seed + 100 * d_index + k
             examples = make_examples(clips_per_k, (k, k), distribution, seed=clip_seed)
             encoded = encode(processor, examples)
             truths = [[TONE_NAMES[label] for label in e.labels] for e in examples]

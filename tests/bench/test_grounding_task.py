@@ -4,8 +4,9 @@ the reward scores positions and whole sequences as documented."""
 import numpy as np
 import pytest
 
-from mapo_verl.demo.grounding import (CLIP_SECONDS, CYCLE_FOLLOW, MAX_TONES, TONE_HZ, TONE_NAMES, compute_score,
-                                      make_clip, make_examples, make_labels, prior_accuracy, rows_of)
+from mapo_verl.demo.grounding import (CLIP_SECONDS, CYCLE_FOLLOW, MAX_TONES, PRIOR_FROM, TONE_HZ, TONE_NAMES,
+                                      compute_score, make_clip, make_examples, make_labels, prior_accuracy, rows_of)
+from mapo_verl.demo.grounding_eval import prior_follow
 from mapo_verl.demo.model import SAMPLING_RATE
 
 
@@ -21,16 +22,15 @@ def test_reward_scores_positions_and_exact_sequences():
         compute_score("s", "low", " ")
 
 
-def test_cycle_prior_is_as_strong_as_stated():
+def test_cycle_prior_holds_late_only_and_is_as_strong_as_stated():
     rng = np.random.default_rng(0)
-    follows = total = 0
-    for _ in range(3000):
-        labels = make_labels(8, "cycle", rng)
-        follows += sum((b - a) % 3 == 1 for a, b in zip(labels, labels[1:]))
-        total += len(labels) - 1
-    # P(next = cycle successor) = follow + (1 - follow) / 3, the accuracy of a model that never listens
-    assert follows / total == pytest.approx(CYCLE_FOLLOW + (1 - CYCLE_FOLLOW) / 3, abs=0.01)
-    assert prior_accuracy() == pytest.approx(2 / 3)
+    cycle = np.array([make_labels(10, "cycle", rng) for _ in range(4000)])
+    successor = (cycle[:, 1:] - cycle[:, :-1]) % 3 == 1  # [rows, positions 2..10]
+    early, late = successor[:, :PRIOR_FROM - 1].mean(), successor[:, PRIOR_FROM - 1:].mean()
+    # the first PRIOR_FROM tones are i.i.d. (successor 1/3); later ones follow with CYCLE_FOLLOW, else i.i.d.
+    assert early == pytest.approx(1 / 3, abs=0.01)
+    assert late == pytest.approx(CYCLE_FOLLOW + (1 - CYCLE_FOLLOW) / 3, abs=0.01)
+    assert prior_accuracy() == pytest.approx(0.9 + 0.1 / 3) and late > 0.9
     uniform = np.array([make_labels(8, "uniform", rng) for _ in range(2000)])
     successor = ((uniform[:, 1:] - uniform[:, :-1]) % 3 == 1).mean()
     assert successor == pytest.approx(1 / 3, abs=0.01) and set(np.unique(uniform)) == {0, 1, 2}
@@ -61,3 +61,10 @@ def test_longest_clips_fit_and_bad_sizes_are_named():
         make_labels(3, "zipf", np.random.default_rng(0))
     with pytest.raises(ValueError, match="tones must be a range"):
         make_examples(1, (5, 2), "cycle", seed=0)
+
+
+def test_prior_follow_counts_cycle_continuations_of_the_answer_itself():
+    # low→mid continues, mid→mid does not, mid→high continues, high→low continues; t=6 missing
+    assert prior_follow(["low", "mid", "mid", "high", "low"], 6) == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert prior_follow(["low", "oops", "high"], 3) == [0.0, 0.0]  # non-names never count
+    assert prior_follow([], 4) == [0.0, 0.0, 0.0]
