@@ -80,7 +80,9 @@ def write_data(work: Path, seed: int, sizes: dict) -> dict[str, Path]:
 
 
 def run_arm(arm: str, seed: int, model: Path, data: dict, steps: int, work: Path, quick: bool) -> dict:
-    """One RL run through the launcher; returns where its actor checkpoint and metrics are."""
+    """One RL run through the launcher; returns where its actor checkpoint and metrics are. A run that
+    already finished with the same command (its ``run.json`` in the run directory) is reused, not
+    retrained: a dev-split check and the test evaluation can share one run."""
     recipe, extra = ARMS[arm]
     run_root = work / f"seed{seed}" / arm
     overrides = [
@@ -93,6 +95,10 @@ def run_arm(arm: str, seed: int, model: Path, data: dict, steps: int, work: Path
     ]
     command = [sys.executable, "-m", "mapo_verl.demo.launch", "--recipe", recipe, *overrides]
     env = dict(os.environ, MAPO_RUN_DIR=str(run_root), MAPO_DEMO_DIR=str(work / "demo_assets"))
+    done = run_root / "run.json"
+    if done.is_file() and json.loads(done.read_text())["command"] == shlex.join(["python", *command[1:]]):
+        print(f"[bench] seed {seed} arm {arm}: reusing the finished run in {run_root}", flush=True)
+        return json.loads(done.read_text())
     start = time.perf_counter()
     print(f"[bench] seed {seed} arm {arm}: {shlex.join(command[1:])}", flush=True)
     status = subprocess.call(command, env=env, cwd=ROOT)
@@ -100,8 +106,10 @@ def run_arm(arm: str, seed: int, model: Path, data: dict, steps: int, work: Path
     run_dir = run_root / recipe
     if status != 0:
         raise RuntimeError(f"seed {seed} arm {arm}: main_ppo exited with {status}; full log {run_dir / 'main_ppo.log'}")
-    return {"command": shlex.join(["python", *command[1:]]), "wall_s": wall, "run_dir": str(run_dir),
-            "checkpoint": str(run_dir / "checkpoints" / f"global_step_{steps}" / "actor")}
+    run = {"command": shlex.join(["python", *command[1:]]), "wall_s": wall, "run_dir": str(run_dir),
+           "checkpoint": str(run_dir / "checkpoints" / f"global_step_{steps}" / "actor")}
+    done.write_text(json.dumps(run, indent=1))
+    return run
 
 
 def evaluate_model(model_dir: Path, checkpoint: str | None, sizes: dict, seed: int, quick: bool,
