@@ -1,4 +1,4 @@
-"""MAPO's hyper-parameters as a veRL policy-loss config (spec §3).
+"""MAPO's hyper-parameters as a veRL policy-loss config (docs/DESIGN.md, "Parity with the authors' release").
 
 veRL builds ``actor_rollout_ref.actor.policy_loss`` from its ``_target_``; its own
 ``PolicyLossConfig`` rejects unknown keys, so MAPO subclasses it and adds one nested
@@ -6,7 +6,7 @@ section, ``mapo``. The trainer (ablated pass, ω̃, ν̃) and the actor engines 
 loss) both read this one object, so a hyper-parameter has exactly one home.
 
 Every value is validated at construction; an error names the full config key and the
-allowed range. Defaults are the authors' *launcher* values (spec §3); the hyper-parameters
+allowed range. Defaults are the authors' *launcher* values (docs/DESIGN.md, parity table); the hyper-parameters
 that veRL already owns (β, group size, learning rate, sampling) are listed in
 :data:`AUTHORS_VERL_SETTINGS` with the veRL key that holds them.
 """
@@ -20,10 +20,9 @@ from typing import Any
 from verl.base_config import BaseConfig
 from verl.workers.config import PolicyLossConfig
 
-from mapo_verl.audio_inputs import MODALITY_SCOPES
+from mapo_verl.core.contract import ABLATION_MODES, CONFIG_PREFIX, HEAD_REDUCTIONS, LAYER_REDUCTIONS, MODALITY_SCOPES
 
 __all__ = [
-    "CONFIG_PREFIX",
     "POS_CONTENT_TAGS",
     "TOTAL_SCORE_KEY",
     "AttentionLossConfig",
@@ -34,14 +33,13 @@ __all__ = [
     "mapo_config_from",
 ]
 
-CONFIG_PREFIX = "actor_rollout_ref.actor.policy_loss.mapo"
 POS_CONTENT_TAGS = ("NOUN", "VERB", "ADJ", "ADV", "NUM", "X")
 # task_reward_key value that marks failures by the total score (explicit opt-in)
 TOTAL_SCORE_KEY = "score"
 _UNIVERSAL_TAGS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
                    "PUNCT", "SCONJ", "SYM", "VERB", "X", "CONJ", "PRT", "."}
 
-# Hyper-parameters of spec §3 that veRL itself owns: key -> the authors' launcher value.
+# Hyper-parameters of the method that veRL itself owns: key -> the authors' launcher value.
 AUTHORS_VERL_SETTINGS: dict[str, Any] = {
     "algorithm.adv_estimator": "mapo",
     "actor_rollout_ref.actor.use_kl_loss": True,
@@ -87,7 +85,7 @@ def _coerce(section_cls: type, value: Any) -> Any:
 
 @dataclass
 class AttentionLossConfig(BaseConfig):
-    """The attention-loss branch (spec §2, §3).
+    """The attention-loss branch (docs/DESIGN.md, "The attention branch").
 
     Args:
         coef: η, the loss weight (0 turns the branch off; the hooks are then not installed).
@@ -125,8 +123,10 @@ class AttentionLossConfig(BaseConfig):
         _require(len(layers) > 0 and all(isinstance(i, int) and not isinstance(i, bool) for i in layers), s,
                  "layers", "a non-empty list of layer indices (negative counts from the end)", self.layers)
         _require(len(set(layers)) == len(layers), s, "layers", "a list without repeated indices", self.layers)
-        _require(self.head_reduce in ("max", "mean"), s, "head_reduce", "one of ['max', 'mean']", self.head_reduce)
-        _require(self.layer_reduce in ("mean", "max"), s, "layer_reduce", "one of ['mean', 'max']", self.layer_reduce)
+        _require(self.head_reduce in HEAD_REDUCTIONS, s, "head_reduce", f"one of {list(HEAD_REDUCTIONS)}",
+                 self.head_reduce)
+        _require(self.layer_reduce in LAYER_REDUCTIONS, s, "layer_reduce", f"one of {list(LAYER_REDUCTIONS)}",
+                 self.layer_reduce)
         _require(_is_number(self.kappa) and self.kappa >= 1, s, "kappa", "a finite number >= 1 (κ)", self.kappa)
         _require(_is_number(self.eps) and 0 < self.eps < 1, s, "eps", "in (0, 1) (ε)", self.eps)
         _require(_is_number(self.advantage_floor_eps) and self.advantage_floor_eps >= 0, s,
@@ -145,7 +145,7 @@ class AttentionLossConfig(BaseConfig):
 
 @dataclass
 class POSGateConfig(BaseConfig):
-    """Part-of-speech gate over response tokens (spec §2).
+    """Part-of-speech gate over response tokens (docs/DESIGN.md, "Part-of-speech gate").
 
     Args:
         enable: gate the attention loss to content words; ``False`` gates every token.
@@ -177,7 +177,7 @@ class POSGateConfig(BaseConfig):
 
 @dataclass
 class MAPOConfig(BaseConfig):
-    """MAPO's own hyper-parameters (spec §3, authors' launcher defaults).
+    """MAPO's own hyper-parameters (authors' launcher defaults, docs/DESIGN.md parity table).
 
     Args:
         tau_base: τ_base > 0 of the length-scaled temperature τ_T = τ_base·log(max(T, 2)).
@@ -187,6 +187,10 @@ class MAPOConfig(BaseConfig):
             (silent features), ``noise`` (Gaussian features of the same per-sample scale).
         ablation_reference: ``ref`` (the frozen reference, as the authors) or ``policy``
             (the current weights).
+        text_ref_model: an HF model path whose entropies on the audio-ablated batch give H_abl
+            instead of the frozen reference's (the release's ``text_ref_model``; unset by
+            default): the actor's architecture and tokenizer, checked at launch
+            (:mod:`mapo_verl.verl_ext.text_reference`). Needs ``ablation_reference=ref``.
         noise_scale: standard deviation of ``noise`` features, relative to each sample's
             feature standard deviation.
         text_only_modality_scope: what the ablated pass removes: ``audio`` (the audio inputs
@@ -208,6 +212,7 @@ class MAPOConfig(BaseConfig):
     mask_cap: float = 5.0
     ablation: str = "drop"
     ablation_reference: str = "ref"
+    text_ref_model: str | None = None
     noise_scale: float = 1.0
     text_only_modality_scope: str = "audio"
     attention_only: bool = False
@@ -220,9 +225,14 @@ class MAPOConfig(BaseConfig):
                  self.tau_base)
         _require(_is_number(self.mask_cap) and (self.mask_cap >= 1 or self.mask_cap == 0), "", "mask_cap",
                  "a number >= 1, or 0 for no cap (C_mask)", self.mask_cap)
-        _require(self.ablation in ("drop", "zero", "noise"), "", "ablation", "one of ['drop', 'zero', 'noise']",
+        _require(self.ablation in ABLATION_MODES, "", "ablation", f"one of {list(ABLATION_MODES)}",
                  self.ablation)
         _require(self.ablation_reference in ("ref", "policy"), "", "ablation_reference", "one of ['ref', 'policy']",
+                 self.ablation_reference)
+        _require(self.text_ref_model is None or (isinstance(self.text_ref_model, str) and self.text_ref_model != ""),
+                 "", "text_ref_model", "unset (null) or a model path", self.text_ref_model)
+        _require(self.text_ref_model is None or self.ablation_reference == "ref", "", "ablation_reference",
+                 "ref when text_ref_model is set (the text reference replaces the frozen reference)",
                  self.ablation_reference)
         _require(_is_number(self.noise_scale) and self.noise_scale > 0, "", "noise_scale", "a finite number > 0",
                  self.noise_scale)

@@ -7,7 +7,8 @@ generate → reward → old log-prob (+ entropy) → **+ audio-ablated pass** �
 advantage (**+ ω̃ folded into GRPO's advantages**, **+ attention coefficients**) → update.
 
 The ablated pass reuses the reference worker's engine (or the actor's LoRA base, or the
-current policy with ``ablation_reference=policy``), so no model is loaded twice.
+current policy with ``ablation_reference=policy``), so no model is loaded twice; with
+``text_ref_model`` it runs on that external text reference, an engine of the actor worker.
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from mapo_verl.config import CONFIG_PREFIX, TOTAL_SCORE_KEY, mapo_config_from
+from mapo_verl.config import TOTAL_SCORE_KEY, mapo_config_from
 from mapo_verl.pos_gate import PartOfSpeechGate
 from mapo_verl.step import attention_fields_for_batch, relevance_for_batch, relevance_metrics
 from mapo_verl.verl_ext.advantage import RelevanceInputs, provide_relevance
-from mapo_verl.verl_ext.attention_branch import COEF_FIELD, FAILED_FIELD, GATE_FIELD
-from mapo_verl.verl_ext.validation import MAPO_TRAINER_MODE
-from mapo_verl.verl_ext.worker import (
+from mapo_verl.core.contract import (
     ABLATED_ENTROPY_FIELD,
-    ABLATION_REQUEST_KEYS,
+    COEF_FIELD,
+    CONFIG_PREFIX,
+    FAILED_FIELD,
+    GATE_FIELD,
     HAS_AUDIO_FIELD,
-    MAPOActorRolloutRefWorker,
+    MAPO_TRAINER_MODE,
 )
+from mapo_verl.verl_ext.worker import ABLATION_REQUEST_KEYS, MAPOActorRolloutRefWorker
 
 __all__ = ["MAPOTrainer"]
 
@@ -86,7 +89,8 @@ class MAPOTrainer(PPOTrainerSync):
         self._lora_reference = _lora_base_is_reference(config)
         super().__init__(config)
         # The ablated pass needs a reference engine even when no KL term asks for one.
-        self._ablation_on_ref_model = self.mapo.ablation_reference == "ref" and not self._lora_reference
+        self._ablation_on_ref_model = (self.mapo.ablation_reference == "ref" and not self._lora_reference
+                                       and self.mapo.text_ref_model is None)
         self.use_reference_policy = self.use_reference_policy or self._ablation_on_ref_model
         self._pos_gate: PartOfSpeechGate | None = None
 
@@ -139,12 +143,13 @@ class MAPOTrainer(PPOTrainerSync):
             "compute_loss": False,
             "temperature": self.config.actor_rollout_ref.rollout.temperature,
         }
-        on_lora_base = self.mapo.ablation_reference == "ref" and self._lora_reference
-        if on_lora_base:
+        if self.mapo.ablation_reference == "ref" and self._lora_reference and self.mapo.text_ref_model is None:
             request["no_lora_adapter"] = True
         batch.extra_info.update(request)
         try:
-            if self._ablation_on_ref_model:
+            if self.mapo.text_ref_model is not None:
+                output = self.actor_rollout_wg.compute_ablated_entropy_text_ref(batch)
+            elif self._ablation_on_ref_model:
                 output = self.ref_policy_wg.compute_ablated_entropy_ref(batch)
             else:
                 output = self.actor_rollout_wg.compute_ablated_entropy_actor(batch)

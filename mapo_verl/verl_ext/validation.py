@@ -6,15 +6,14 @@ than after the first rollout.
 
 from __future__ import annotations
 
-from mapo_verl.config import CONFIG_PREFIX, MAPOPolicyLossConfig, mapo_config_from
-from mapo_verl.core import LOSS_AGG_MODES
-from mapo_verl.hf.probe import resolve_layers
+from mapo_verl.config import MAPOPolicyLossConfig, mapo_config_from
+from mapo_verl.core import LOSS_AGG_MODES, resolve_layers
+from mapo_verl.core.contract import CONFIG_PREFIX, MAPO_ESTIMATOR, MAPO_TRAINER_MODE
 from mapo_verl.pos_gate import build_tagger
-from mapo_verl.verl_ext.advantage import MAPO_ESTIMATOR
+from mapo_verl.verl_ext.text_reference import check_text_reference
 
-__all__ = ["MAPO_TRAINER_MODE", "FOLDABLE_LOSS_MODES", "check_mapo_config"]
+__all__ = ["FOLDABLE_LOSS_MODES", "check_mapo_config"]
 
-MAPO_TRAINER_MODE = "mapo"
 # Actor strategies for which MAPO registers an engine with the attention-loss hooks.
 ATTENTION_LOSS_STRATEGIES = ("fsdp", "fsdp2", "megatron")
 # veRL 0.9.1 policy losses whose per-token loss is positively homogeneous in the advantage,
@@ -116,6 +115,8 @@ def check_mapo_config(config) -> None:
             f"({', '.join(ATTENTION_LOSS_STRATEGIES)}), but actor_rollout_ref.actor.strategy={strategy!r}: "
             f"choose one of them or set {CONFIG_PREFIX}.attention.coef=0"
         )
+    if mapo.text_ref_model is not None:
+        check_text_reference(config)
     if mapo.attention.enabled:
         _check_layers_against_model(config, mapo.attention.layers)
         if mapo.pos_gate.enable:

@@ -5,6 +5,9 @@
   batch with the audio removed (:func:`mapo_verl.ablation.ablate_audio`), returning the
   entropies at the rollout temperature. It reuses the worker's existing engine, its
   micro-batching and dynamic batch sizes: no extra model copy.
+- :meth:`compute_ablated_entropy_text_ref`: the same pass on the external text reference
+  (``text_ref_model``), a frozen engine the actor worker builds beside its own
+  (:mod:`mapo_verl.verl_ext.text_reference`).
 - the actor's and the reference's engines are MAPO's where one is registered for the
   backend (veRL's ``EngineRegistry`` under the vendor key :data:`MAPO_ENGINE_VENDOR`):
   they carry the audio features into the forward (veRL's Megatron engine passes only
@@ -23,20 +26,17 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 
 from mapo_verl.audio_inputs import ablate_audio, has_audio
-from mapo_verl.config import CONFIG_PREFIX, mapo_config_from
-from mapo_verl.verl_ext.attention_branch import MAPO_ENGINE_VENDOR
+from mapo_verl.config import mapo_config_from
+from mapo_verl.core.contract import ABLATED_ENTROPY_FIELD, CONFIG_PREFIX, HAS_AUDIO_FIELD, MAPO_ENGINE_VENDOR
+from mapo_verl.verl_ext.text_reference import TEXT_REF_MESH, build_text_reference
 
 __all__ = [
     "ABLATION_REQUEST_KEYS",
-    "ABLATED_ENTROPY_FIELD",
-    "HAS_AUDIO_FIELD",
     "MAPOTrainingWorker",
     "MAPOActorRolloutRefWorker",
     "ablate_batch",
 ]
 
-ABLATED_ENTROPY_FIELD = "mapo_ablated_entropy"
-HAS_AUDIO_FIELD = "mapo_has_audio"
 # Non-tensor request entries the trainer puts into the batch's extra_info.
 ABLATION_REQUEST_KEYS = ("mapo_ablation", "mapo_noise_scale", "mapo_seed", "mapo_modality_scope")
 
@@ -110,9 +110,15 @@ class MAPOActorRolloutRefWorker(ActorRolloutRefWorker):
 
     actor_worker_cls = MAPOTrainingWorker
     ref_worker_cls = MAPOTrainingWorker
+    text_ref: TrainingWorker | None = None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self):
+        text_ref_model = mapo_config_from(self.config.actor).text_ref_model
+        if "actor" in self.role and text_ref_model is not None:
+            # before veRL's init_model, which renames the reference section's keys in place
+            self.text_ref = build_text_reference(self.config, text_ref_model, self.ref_worker_cls)
+            self.set_dispatch_collect(mesh_name=TEXT_REF_MESH, **self.text_ref.get_dispatch_collect())
         super().init_model()
         if self.actor is None:
             return
@@ -141,3 +147,10 @@ class MAPOActorRolloutRefWorker(ActorRolloutRefWorker):
     def compute_ablated_entropy_actor(self, data: TensorDict) -> TensorDict:
         """Entropies of the actor (current weights, or its LoRA base with ``no_lora_adapter``)."""
         return self._run_ablated(self.actor, data)
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name=TEXT_REF_MESH))
+    def compute_ablated_entropy_text_ref(self, data: TensorDict) -> TensorDict:
+        """Entropies of the external text reference (``text_ref_model``) on the audio-ablated batch."""
+        if self.text_ref is None:
+            raise RuntimeError("this worker holds no text reference: text_ref_model is unset or the role has no actor")
+        return self._run_ablated(self.text_ref, data)
