@@ -22,7 +22,7 @@ from copy import deepcopy
 
 from omegaconf import open_dict
 
-from mapo_verl.config import CONFIG_PREFIX
+from mapo_verl.core.contract import CONFIG_PREFIX
 
 __all__ = ["TEXT_REF_KEY", "TEXT_REF_MESH", "text_reference_mismatch", "check_text_reference",
            "text_reference_model_section", "build_text_reference"]
