@@ -19,7 +19,7 @@ import os
 import sys
 
 # MAPO modules whose top level imports veRL (directly or through mapo_verl.config).
-VERL_DEPENDENT = ("mapo_verl.config", "mapo_verl.step", "mapo_verl.verl_ext", "mapo_verl.patches", "mapo_verl.cpu",
+VERL_DEPENDENT = ("mapo_verl.config", "mapo_verl.verl_ext", "mapo_verl.patches", "mapo_verl.cpu",
                   "mapo_verl.data.dataset")
 
 

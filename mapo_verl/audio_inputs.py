@@ -5,7 +5,7 @@
   config (:func:`audio_token_id`) and the ids of the tokens the attention loss counts as
   audio keys (:func:`audio_key_token_ids`: the placeholders, and by default the audio
   start/end markers, as the authors' release);
-- removing the audio for the audio-ablated pass (spec §4), :func:`ablate_audio`, per
+- removing the audio for the audio-ablated pass (docs/DESIGN.md, "Step order"), :func:`ablate_audio`, per
   sample, in three modes:
 
 - ``drop`` (the authors'): remove the audio features (``input_features``); the audio
@@ -28,13 +28,13 @@ from typing import Any, Mapping
 
 import torch
 
+from mapo_verl.core.contract import ABLATION_MODES, MODALITY_SCOPES
+
 __all__ = [
     "AUDIO_FEATURE_KEYS",
     "AUDIO_MASK_KEYS",
     "AUDIO_MODEL_KEYS",
-    "ABLATION_MODES",
     "VISION_FEATURE_KEYS",
-    "MODALITY_SCOPES",
     "audio_token_id",
     "audio_key_token_ids",
     "audio_key_mask",
@@ -46,11 +46,9 @@ __all__ = [
 AUDIO_FEATURE_KEYS = ("input_features",)
 AUDIO_MASK_KEYS = ("feature_attention_mask", "audio_feature_lengths")
 AUDIO_MODEL_KEYS = AUDIO_FEATURE_KEYS + AUDIO_MASK_KEYS
-ABLATION_MODES = ("drop", "zero", "noise")
 # Image / video features of Qwen2.5-Omni / Qwen3-Omni processors, dropped by the ablation with scope "all"
 # (image_grid_thw / video_grid_thw stay: the rope index reads them).
 VISION_FEATURE_KEYS = ("pixel_values", "pixel_values_videos")
-MODALITY_SCOPES = ("audio", "all")
 # Audio start / end marker ids of Omni configs (Qwen2.5-Omni: <|audio_bos|>/<|audio_eos|>, Qwen3-Omni:
 # <|audio_start|>/<|audio_end|>): the release counts them as audio keys.
 _AUDIO_MARKER_ATTRS = ("audio_start_token_id", "audio_end_token_id")

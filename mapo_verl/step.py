@@ -13,18 +13,15 @@ compose the math core (no formula is re-derived here):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-
-from mapo_verl.config import MAPOConfig
-from mapo_verl.core import (
-    attention_token_coefficients,
-    decile_metrics,
-    late_early_ratio,
-    relevance_weights,
-    sums_by_decile,
-)
+from mapo_verl.core import attention_token_coefficients, position_metrics, relevance_weights, sums_by_decile
 from mapo_verl.core.checks import as_bool_mask, check_per_sequence
+from mapo_verl.core.contract import DELTA_H_METRIC
+
+if TYPE_CHECKING:  # the config module imports veRL; this one does not
+    from mapo_verl.config import MAPOConfig
 
 __all__ = [
     "BatchRelevance",
@@ -126,7 +123,7 @@ def relevance_metrics(relevance: BatchRelevance, cap: float) -> dict[str, float]
     delta = relevance.delta_h[audio_tokens]
     metrics.update(
         {
-            "mapo/delta_h_mean": float(delta.mean()),
+            f"{DELTA_H_METRIC}_mean": float(delta.mean()),
             "mapo/abs_delta_h_mean": float(delta.abs().mean()),
             "mapo/omega_min": float(omega.min()),
             "mapo/omega_mean": float(omega.mean()),
@@ -143,9 +140,5 @@ def relevance_metrics(relevance: BatchRelevance, cap: float) -> dict[str, float]
     metrics.update(histogram_metrics("mapo/omega_hist", omega))
     if relevance.pos_gate is not None:
         metrics["mapo/pos_gate_frac"] = float(relevance.pos_gate[audio_tokens].float().mean())
-    sums, counts = sums_by_decile(relevance.delta_h, audio_tokens)
-    metrics.update(decile_metrics("mapo/delta_h", sums, counts))
-    ratio = late_early_ratio(sums, counts)
-    if ratio is not None:
-        metrics["mapo/delta_h/late_early_ratio"] = ratio
+    metrics.update(position_metrics(DELTA_H_METRIC, *sums_by_decile(relevance.delta_h, audio_tokens)))
     return metrics

@@ -18,8 +18,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from mapo_verl.audio_inputs import AUDIO_FEATURE_KEYS
+
 __all__ = [
-    "AUDIO_FEATURE_KEYS",
+    "PROCESSOR_AUDIO_KEYS",
     "AudioModelFamily",
     "AudioPlaceholderMismatchError",
     "audio_family",
@@ -28,8 +30,8 @@ __all__ = [
     "check_audio_placeholders",
 ]
 
-# The keys veRL's multi_modal_inputs carry for audio (both padded as varlen keys by veRL).
-AUDIO_FEATURE_KEYS = ("input_features", "feature_attention_mask")
+# The keys an audio processor returns into veRL's multi_modal_inputs (both padded as varlen keys by veRL).
+PROCESSOR_AUDIO_KEYS = AUDIO_FEATURE_KEYS + ("feature_attention_mask",)
 
 
 class AudioPlaceholderMismatchError(ValueError):
@@ -133,10 +135,10 @@ def audio_processor_inputs(processor: Any, audios: Sequence[Any], mm_processor_k
         audio=list(audios),
         mm_processor_kwargs=mm_processor_kwargs,
     )
-    missing = [key for key in AUDIO_FEATURE_KEYS if key not in outputs]
+    missing = [key for key in PROCESSOR_AUDIO_KEYS if key not in outputs]
     if missing:
         raise ValueError(f"{type(processor).__name__} returned no {missing} for {len(audios)} audio clip(s)")
-    return {key: torch.as_tensor(outputs[key]) for key in AUDIO_FEATURE_KEYS}
+    return {key: torch.as_tensor(outputs[key]) for key in PROCESSOR_AUDIO_KEYS}
 
 
 def check_audio_placeholders(

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
-from mapo_verl.audio_inputs import ABLATION_MODES, ablate_audio
+from mapo_verl.audio_inputs import ablate_audio
+from mapo_verl.core.contract import ABLATION_MODES
 from mapo_verl.demo.data import corpus
 from mapo_verl.demo.model import SAMPLING_RATE, build_tokenizer, omni_processor, thinker_config
 

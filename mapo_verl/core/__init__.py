@@ -1,6 +1,7 @@
-"""MAPO's math core: pure torch, no veRL or Megatron import (spec §2).
+"""MAPO's math core: pure torch, no veRL or Megatron import (docs/DESIGN.md).
 
-Symbols follow ``MAPO_SPEC.md``: ω̃ (``omega``) relevance weights, ν̃ (``nu``) inverse
+The names shared by trainer, worker and engines live in :mod:`mapo_verl.core.contract`.
+Symbols follow docs/DESIGN.md: ω̃ (``omega``) relevance weights, ν̃ (``nu``) inverse
 weights, τ_T the length-scaled temperature, κ the temporal exponent, C_mask the weight
 cap, C_pref the preference-gate cap, ε the log floor.
 """
@@ -14,11 +15,12 @@ from mapo_verl.core.aggregation import (
     fold_relevance_into_advantages,
 )
 from mapo_verl.core.audio_mass import (
-    HEAD_REDUCTIONS,
+    check_reductions,
     indicator_values,
     mass_from_output,
     reduce_heads,
     reduce_layers,
+    resolve_layers,
 )
 from mapo_verl.core.attention_loss import (
     attention_objective,
@@ -32,6 +34,7 @@ from mapo_verl.core.diagnostics import (
     decile_metrics,
     late_early_ratio,
     position_deciles,
+    position_metrics,
     sums_by_decile,
 )
 from mapo_verl.core.weights import length_scaled_temperature, relevance_weights, temporal_weights
@@ -50,7 +53,8 @@ __all__ = [
     "attention_token_coefficients",
     "attention_objective_from_coefficients",
     "attention_objective",
-    "HEAD_REDUCTIONS",
+    "check_reductions",
+    "resolve_layers",
     "indicator_values",
     "mass_from_output",
     "reduce_heads",
@@ -61,4 +65,5 @@ __all__ = [
     "sums_by_decile",
     "decile_metrics",
     "late_early_ratio",
+    "position_metrics",
 ]

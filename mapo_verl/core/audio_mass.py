@@ -15,11 +15,40 @@ from __future__ import annotations
 
 import torch
 
+from typing import Sequence
+
 from mapo_verl.core.checks import as_bool_mask
+from mapo_verl.core.contract import CONFIG_PREFIX, HEAD_REDUCTIONS, LAYER_REDUCTIONS
 
-__all__ = ["indicator_values", "mass_from_output", "reduce_heads", "reduce_layers", "HEAD_REDUCTIONS"]
+__all__ = ["indicator_values", "mass_from_output", "reduce_heads", "reduce_layers", "check_reductions",
+           "resolve_layers"]
 
-HEAD_REDUCTIONS = ("max", "mean")
+LAYERS_KEY = f"{CONFIG_PREFIX}.attention.layers"
+
+
+def resolve_layers(layers: Sequence[int], num_layers: int, *, key: str = LAYERS_KEY) -> list[int]:
+    """Layer indices (0-based, negative count from the end) as sorted non-negative indices.
+
+    Raises a ``ValueError`` naming ``key`` for an index out of range or a layer given twice
+    (``-1`` and ``num_layers - 1``).
+    """
+    resolved = []
+    for index in layers:
+        if not -num_layers <= index < num_layers:
+            raise ValueError(f"{key}: layer {index} is out of range for a decoder with {num_layers} layers "
+                             f"(allowed: {-num_layers} .. {num_layers - 1})")
+        resolved.append(index % num_layers)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"{key}: {list(layers)} names the same layer twice in a {num_layers}-layer decoder")
+    return sorted(resolved)
+
+
+def check_reductions(head_reduce: str | None = None, layer_reduce: str | None = None) -> None:
+    """Raise a ``ValueError`` naming the choices when a given head / layer reduction is unknown."""
+    if head_reduce is not None and head_reduce not in HEAD_REDUCTIONS:
+        raise ValueError(f"head_reduce must be one of {list(HEAD_REDUCTIONS)}, got {head_reduce!r}")
+    if layer_reduce is not None and layer_reduce not in LAYER_REDUCTIONS:
+        raise ValueError(f"layer_reduce must be one of {list(LAYER_REDUCTIONS)}, got {layer_reduce!r}")
 
 
 def indicator_values(audio_key_mask: torch.Tensor, value_states: torch.Tensor, *, head_dim_axis: int = -1,
@@ -65,20 +94,14 @@ def mass_from_output(indicator_output: torch.Tensor, *, head_dim_axis: int = -1)
 
 def reduce_heads(mass: torch.Tensor, how: str, *, head_axis: int = 1) -> torch.Tensor:
     """Reduce per-head masses with ``max`` or ``mean`` (spec §3 default: max)."""
-    if how == "max":
-        return mass.amax(dim=head_axis)
-    if how == "mean":
-        return mass.mean(dim=head_axis)
-    raise ValueError(f"head_reduce must be one of {list(HEAD_REDUCTIONS)}, got {how!r}")
+    check_reductions(head_reduce=how)
+    return mass.amax(dim=head_axis) if how == "max" else mass.mean(dim=head_axis)
 
 
 def reduce_layers(per_layer: list[torch.Tensor], how: str) -> torch.Tensor:
     """Reduce the chosen layers' masses with ``mean`` or ``max`` (spec §3 default: mean)."""
+    check_reductions(layer_reduce=how)
     if not per_layer:
         raise ValueError("reduce_layers needs the mass of at least one layer")
     stacked = torch.stack(per_layer, dim=0)
-    if how == "mean":
-        return stacked.mean(dim=0)
-    if how == "max":
-        return stacked.amax(dim=0)
-    raise ValueError(f"layer_reduce must be one of ['mean', 'max'], got {how!r}")
+    return stacked.mean(dim=0) if how == "mean" else stacked.amax(dim=0)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import torch
 
 from mapo_verl.core.checks import as_bool_mask
+from mapo_verl.core.contract import LATE_EARLY_SUFFIX
 
 __all__ = ["NUM_DECILES", "LATE_EARLY_DECILES", "position_deciles", "sums_by_decile", "decile_metrics",
-           "late_early_ratio", "audio_lift"]
+           "late_early_ratio", "position_metrics", "audio_lift"]
 
 NUM_DECILES = 10
 # late/early ratios compare the last and the first 20 % of response positions
@@ -66,6 +67,15 @@ def late_early_ratio(sums: torch.Tensor, counts: torch.Tensor) -> float | None:
     if float(early) == 0:
         return None
     return float((sums[-window:].sum() / late_n) / early)
+
+
+def position_metrics(prefix: str, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
+    """The collapse curve of one quantity: ``{prefix}/decile_k`` and ``{prefix}/late_early_ratio`` (when defined)."""
+    metrics = decile_metrics(prefix, sums, counts)
+    ratio = late_early_ratio(sums, counts)
+    if ratio is not None:
+        metrics[f"{prefix}/{LATE_EARLY_SUFFIX}"] = ratio
+    return metrics
 
 
 def audio_lift(mass: torch.Tensor, response_mask: torch.Tensor, prompt_lengths: torch.Tensor,

@@ -4,9 +4,8 @@ Spec §6 (this machine: CPU only, torch CPU build, no vLLM / flash-attn) and §5
 platform, engine and rollout registries, the v1 trainer behind ``main_ppo``).
 
 Switched on by veRL's own platform switch, ``VERL_PLATFORM=cpu`` (inherited by the Ray
-workers a local run starts); without it :func:`register_cpu_backend` only registers the
-demo's config resolver, so GPU users see no change. When on, in every process that imports
-veRL it:
+workers a local run starts); without it :func:`register_cpu_backend` does nothing, so GPU
+users see no change. When on, in every process that imports veRL it:
 
 - registers the ``cpu`` platform (:mod:`mapo_verl.cpu.platform`: gloo collectives, host
   memory statistics, Ray's GPU resource as the logical accelerator);
@@ -16,9 +15,7 @@ veRL it:
   ``VERL_ENGINE_DEVICE`` switch, unless the user set it, and keeps the FSDP engine's
   reference-model CPU offload from pinning memory (pinning needs an accelerator);
 - registers the ``hf`` rollout backend (:mod:`mapo_verl.cpu.rollout`) in veRL's rollout
-  registries, when veRL imports them;
-- and (always) registers the ``${mapo_demo:...}`` config resolver of the embedded demo
-  (:mod:`mapo_verl.demo`), which creates the demo assets when a config resolves it.
+  registries, when veRL imports them.
 
 A run also needs, in its config: FSDP2 for actor and ref (FSDP1 refuses CPU parameters),
 ``sdpa`` attention, ``trainer.device=cpu``, fake Ray GPUs (``+ray_kwargs.ray_init.num_gpus``)
@@ -70,17 +67,10 @@ def _unpinned_cpu_offload(engine_module) -> None:
 
 
 def register_cpu_backend() -> None:
-    """Activate the CPU backend in this process if ``VERL_PLATFORM=cpu``. Idempotent.
-
-    Without ``VERL_PLATFORM=cpu`` only the (inert) ``${mapo_demo:...}`` config resolver is
-    registered, so the demo recipe composes anywhere; nothing else changes.
-    """
+    """Activate the CPU backend in this process if ``VERL_PLATFORM=cpu``. Idempotent."""
     global _registered
     if _registered:
         return
-    from mapo_verl.demo import register_resolver
-
-    register_resolver()
     if not cpu_backend_requested():
         return
     from verl.plugin.platform import platform_manager

@@ -32,11 +32,8 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
 
-from mapo_verl.cpu import ROLLOUT_NAME
-
 __all__ = [
     "CHECKSUM_LOG_PREFIX",
-    "ROLLOUT_NAME",
     "HFRolloutReplica",
     "HFRolloutServer",
     "HFServerAdapter",
@@ -51,7 +48,8 @@ CHECKSUM_LOG_PREFIX = "[mapo_verl hf-rollout weights]"
 
 
 def server_actor_name(replica_rank: int) -> str:
-    return f"{ROLLOUT_NAME}_rollout_server_{replica_rank}"
+    """The Ray actor name of a replica's :class:`HFRolloutServer`."""
+    return f"mapo_hf_rollout_server_{replica_rank}"
 
 
 def _rollout_world_size(config) -> int:

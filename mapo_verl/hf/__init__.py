@@ -1,4 +1,4 @@
-"""HF (transformers) attention hooks for MAPO's attention loss (spec §4); no veRL import.
+"""HF (transformers) attention hooks for MAPO's attention loss (docs/DESIGN.md, "The attention branch"); no veRL import.
 
 - :func:`indicator_v_mass` — the audio mass of every query through the model's own
   attention function (eager / sdpa / flash-attn), exact gradients, no ``S×S`` tensor.
@@ -7,7 +7,7 @@
 """
 
 from mapo_verl.hf.attention import attention_interface_hook, indicator_v_mass
-from mapo_verl.hf.probe import AudioMassProbe, MassCapture, decoder_layers, resolve_layers
+from mapo_verl.hf.probe import AudioMassProbe, MassCapture, decoder_layers
 
 __all__ = [
     "indicator_v_mass",
@@ -15,5 +15,4 @@ __all__ = [
     "AudioMassProbe",
     "MassCapture",
     "decoder_layers",
-    "resolve_layers",
 ]

@@ -29,11 +29,11 @@ from typing import Callable, Iterator
 
 import torch
 
-from mapo_verl.core import reduce_layers
+from mapo_verl.core import check_reductions, reduce_layers, resolve_layers
 from mapo_verl.core.checks import as_bool_mask
 from mapo_verl.hf.attention import attention_interface_hook, indicator_v_mass
 
-__all__ = ["AudioMassProbe", "MassCapture", "decoder_layers", "resolve_layers"]
+__all__ = ["AudioMassProbe", "MassCapture", "decoder_layers"]
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -58,24 +58,6 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
             f"{type(model).__name__}, found {len(found)}: {names}; pass the thinker / language model that is trained"
         )
     return found[0][1].layers
-
-
-def resolve_layers(layers: list[int] | tuple[int, ...], num_layers: int) -> list[int]:
-    """Layer indices (negative count from the end) as sorted non-negative indices.
-
-    Raises a ``ValueError`` naming ``…mapo.attention.layers`` for an index out of range or a
-    layer given twice (``-1`` and ``num_layers - 1``).
-    """
-    key = "actor_rollout_ref.actor.policy_loss.mapo.attention.layers"
-    resolved = []
-    for index in layers:
-        if not (-num_layers <= index < num_layers):
-            raise ValueError(f"{key}: layer {index} is out of range for a decoder with {num_layers} layers "
-                             f"(allowed: {-num_layers} .. {num_layers - 1})")
-        resolved.append(index % num_layers)
-    if len(set(resolved)) != len(resolved):
-        raise ValueError(f"{key}: {list(layers)} names the same layer twice in a {num_layers}-layer decoder")
-    return sorted(resolved)
 
 
 class MassCapture:
@@ -135,8 +117,7 @@ class AudioMassProbe:
     """
 
     def __init__(self, model: torch.nn.Module, layers: list[int] | tuple[int, ...], *, head_reduce: str = "max"):
-        if head_reduce not in ("max", "mean"):
-            raise ValueError(f"head_reduce must be one of ['max', 'mean'], got {head_reduce!r}")
+        check_reductions(head_reduce=head_reduce)
         decoder = decoder_layers(model)
         self.layers = resolve_layers(list(layers), len(decoder))
         self.head_reduce = head_reduce

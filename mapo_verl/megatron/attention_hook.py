@@ -66,19 +66,22 @@ from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
-from mapo_verl.core import HEAD_REDUCTIONS, indicator_values, mass_from_output, reduce_heads, reduce_layers
+from mapo_verl.core import (
+    check_reductions,
+    indicator_values,
+    mass_from_output,
+    reduce_heads,
+    reduce_layers,
+    resolve_layers,
+)
 from mapo_verl.megatron.models import decoder_layers, find_language_model
 
 __all__ = [
     "AudioMassRequest",
     "MAPOPackedSeqParams",
     "AudioMassHook",
-    "resolve_layer_numbers",
     "sum_over_pipeline",
 ]
-
-LAYER_REDUCTIONS = ("mean", "max")
-
 
 @dataclass
 class AudioMassRequest:
@@ -131,19 +134,6 @@ class MAPOPackedSeqParams(PackedSeqParams):
             raise RuntimeError("an audio-mass request is already attached to this forward call")
         base = {} if inner is None else {f.name: getattr(inner, f.name) for f in fields(PackedSeqParams)}
         return cls(**base, inner=inner, mapo=request)
-
-
-def resolve_layer_numbers(layers: Sequence[int], num_layers: int, *, key: str = "layers") -> list[int]:
-    """Spec layer indices (0-based, negative from the end) → megatron's 1-based layer numbers."""
-    resolved = []
-    for index in layers:
-        if not -num_layers <= index < num_layers:
-            raise ValueError(f"{key} holds {index}, outside the model's {num_layers} decoder layers "
-                             f"(allowed: {-num_layers}..{num_layers - 1})")
-        resolved.append(index % num_layers + 1)
-    if len(set(resolved)) != len(resolved):
-        raise ValueError(f"{key} = {list(layers)} names the same decoder layer twice")
-    return sorted(resolved)
 
 
 def sum_over_pipeline(values: torch.Tensor) -> torch.Tensor:
@@ -210,14 +200,12 @@ class AudioMassHook:
         coef: float = 1.0,
         config_key: str = "layers",
     ):
-        if head_reduce not in HEAD_REDUCTIONS:
-            raise ValueError(f"head_reduce must be one of {list(HEAD_REDUCTIONS)}, got {head_reduce!r}")
-        if layer_reduce not in LAYER_REDUCTIONS:
-            raise ValueError(f"layer_reduce must be one of {list(LAYER_REDUCTIONS)}, got {layer_reduce!r}")
+        check_reductions(head_reduce, layer_reduce)
         self.head_reduce, self.layer_reduce, self.coef = head_reduce, layer_reduce, float(coef)
         language_models = [find_language_model(chunk) for chunk in model_chunks]
         self.config = language_models[0].config
-        self.layer_numbers = resolve_layer_numbers(layers, self.config.num_layers, key=config_key)
+        # megatron numbers its layers from 1
+        self.layer_numbers = [i + 1 for i in resolve_layers(layers, self.config.num_layers, key=config_key)]
         self._check_config(self.config)
 
         layer_map = _pipeline_layer_map([[layer.layer_number for layer in decoder_layers(lm)]

@@ -23,10 +23,9 @@ import torch
 from verl.trainer.ppo import core_algos
 
 from mapo_verl.core import fold_relevance_into_advantages
+from mapo_verl.core.contract import MAPO_ESTIMATOR
 
-__all__ = ["MAPO_ESTIMATOR", "RelevanceInputs", "provide_relevance", "compute_mapo_outcome_advantage"]
-
-MAPO_ESTIMATOR = "mapo"
+__all__ = ["RelevanceInputs", "provide_relevance", "compute_mapo_outcome_advantage"]
 
 
 class MissingRelevanceError(RuntimeError):

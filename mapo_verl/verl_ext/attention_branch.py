@@ -1,8 +1,7 @@
 """What the FSDP and Megatron engines share for MAPO's attention branch (one place for both).
 
-- the vendor key both engines register under in veRL's ``EngineRegistry``;
-- the batch fields the MAPO trainer writes for the actor update (:data:`COEF_FIELD`,
-  :data:`GATE_FIELD`, :data:`FAILED_FIELD`) and reading them as dense response-aligned tensors;
+- reading the batch fields the MAPO trainer writes for the actor update
+  (:mod:`mapo_verl.core.contract`) as dense response-aligned tensors;
 - which response tokens the branch applies to (rows that hold an audio token) and the
   mini-batch normalisers ``G`` and ``N`` summed over data-parallel ranks;
 - the MAPO config bound into veRL's ``partial(ppo_loss, config=actor_config)``;
@@ -15,15 +14,12 @@ import torch
 import torch.distributed as dist
 
 from mapo_verl.audio_inputs import audio_key_mask
-from mapo_verl.config import CONFIG_PREFIX, MAPOConfig
-from mapo_verl.core import NUM_DECILES, audio_lift, decile_metrics, late_early_ratio, sums_by_decile
+from mapo_verl.config import MAPOConfig
+from mapo_verl.core import NUM_DECILES, audio_lift, position_metrics, sums_by_decile
 from mapo_verl.core.checks import as_bool_mask, check_finite_where
+from mapo_verl.core.contract import AUDIO_MASS_METRIC, COEF_FIELD, CONFIG_PREFIX, FAILED_FIELD, GATE_FIELD
 
 __all__ = [
-    "MAPO_ENGINE_VENDOR",
-    "COEF_FIELD",
-    "GATE_FIELD",
-    "FAILED_FIELD",
     "bound_configs",
     "require_attention_fields",
     "response_width",
@@ -34,12 +30,6 @@ __all__ = [
     "global_branch_counts",
     "MassStatistics",
 ]
-
-MAPO_ENGINE_VENDOR = "mapo"
-COEF_FIELD = "mapo_attn_coef"
-GATE_FIELD = "mapo_attn_gate"
-FAILED_FIELD = "mapo_task_failed"  # 0/1 per response token: fail_g of the token's response (diagnostics)
-
 
 def bound_configs(loss_function) -> tuple[object, MAPOConfig] | None:
     """``(actor config, MAPO config)`` bound into veRL's ``partial(ppo_loss, config=actor_config)``.
@@ -175,13 +165,10 @@ class MassStatistics:
         sums, counts, extra = packed.detach().cpu().double().split([NUM_DECILES, NUM_DECILES, MassStatistics._EXTRA])
         metrics = {}
         if float(counts.sum()) > 0:
-            metrics["mapo/audio_mass"] = float(sums.sum() / counts.sum())
+            metrics[AUDIO_MASS_METRIC] = float(sums.sum() / counts.sum())
             metrics["mapo/audio_lift"] = float(extra[0] / counts.sum())
         for name, offset in (("failed", 1), ("success", 3)):
             if float(extra[offset + 1]) > 0:
-                metrics[f"mapo/audio_mass_{name}"] = float(extra[offset] / extra[offset + 1])
-        metrics.update(decile_metrics("mapo/audio_mass", sums, counts))
-        ratio = late_early_ratio(sums, counts)
-        if ratio is not None:
-            metrics["mapo/audio_mass/late_early_ratio"] = ratio
+                metrics[f"{AUDIO_MASS_METRIC}_{name}"] = float(extra[offset] / extra[offset + 1])
+        metrics.update(position_metrics(AUDIO_MASS_METRIC, sums, counts))
         return metrics

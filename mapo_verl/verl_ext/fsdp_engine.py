@@ -47,12 +47,11 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.padding import no_padding_2_padding
 
 from mapo_verl.audio_inputs import audio_key_mask, audio_key_token_ids
-from mapo_verl.config import CONFIG_PREFIX, AttentionLossConfig
+from mapo_verl.config import AttentionLossConfig
 from mapo_verl.core import attention_objective_from_coefficients
+from mapo_verl.core.contract import ATTN_LOSS_METRIC, COEF_FIELD, CONFIG_PREFIX, MAPO_ENGINE_VENDOR
 from mapo_verl.hf import AudioMassProbe, MassCapture
 from mapo_verl.verl_ext.attention_branch import (
-    COEF_FIELD,
-    MAPO_ENGINE_VENDOR,
     MassStatistics,
     bound_configs,
     branch_masks,
@@ -203,5 +202,5 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             dp_size=data["dp_size"],
         )
         step.statistics.add(mass, valid, data, step.audio_ids)
-        metrics["mapo/attn_loss"] = Metric(value=attn_loss.detach(), aggregation=AggregationType.SUM)
+        metrics[ATTN_LOSS_METRIC] = Metric(value=attn_loss.detach(), aggregation=AggregationType.SUM)
         return loss + step.config.coef * attn_loss, metrics

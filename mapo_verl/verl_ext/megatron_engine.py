@@ -73,13 +73,11 @@ from verl.workers.engine.megatron.transformer_impl import MegatronEngineWithLMHe
 from verl.workers.utils.padding import no_padding_2_padding
 
 from mapo_verl.audio_inputs import AUDIO_MODEL_KEYS, audio_key_mask, audio_key_token_ids
-from mapo_verl.config import CONFIG_PREFIX
 from mapo_verl.core import attention_objective_from_coefficients
+from mapo_verl.core.contract import ATTN_LOSS_METRIC, COEF_FIELD, CONFIG_PREFIX, MAPO_ENGINE_VENDOR
 from mapo_verl.megatron.attention_hook import AudioMassHook, AudioMassRequest, sum_over_pipeline
 from mapo_verl.patches.megatron_bridge import computes_own_positions
 from mapo_verl.verl_ext.attention_branch import (
-    COEF_FIELD,
-    MAPO_ENGINE_VENDOR,
     MassStatistics,
     bound_configs,
     branch_masks,
@@ -169,7 +167,7 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
             return
         attn_loss = Metric(AggregationType.SUM)
         attn_loss.extend(losses.cpu().tolist())  # one value per micro-batch, like actor/pg_loss
-        output["metrics"]["mapo/attn_loss"] = attn_loss
+        output["metrics"][ATTN_LOSS_METRIC] = attn_loss
         output["metrics"].update(
             {key: Metric(AggregationType.MEAN, value) for key, value in MassStatistics.metrics_from(statistics).items()}
         )

@@ -21,7 +21,7 @@ from verl.workers.utils.padding import left_right_2_no_padding, response_to_nest
 
 from attention_testlib import omni_samples
 from mapo_verl.config import AttentionLossConfig, MAPOConfig, MAPOPolicyLossConfig
-from mapo_verl.verl_ext.attention_branch import COEF_FIELD, GATE_FIELD
+from mapo_verl.core.contract import COEF_FIELD, GATE_FIELD
 from mapo_verl.verl_ext.fsdp_engine import MAPOFSDPEngineWithLMHead
 
 PROMPT_TAILS = [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14]]

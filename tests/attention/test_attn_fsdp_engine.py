@@ -19,8 +19,9 @@ from attention_testlib import (
     tiny_qwen3_omni_thinker,
 )
 from engine_testlib import actor_batch, actor_loss, make_engine, run
-from mapo_verl.hf import decoder_layers, resolve_layers
-from mapo_verl.verl_ext.attention_branch import COEF_FIELD, GATE_FIELD
+from mapo_verl.core import resolve_layers
+from mapo_verl.hf import decoder_layers
+from mapo_verl.core.contract import COEF_FIELD, GATE_FIELD
 from mapo_verl.verl_ext.fsdp_engine import MAPOFSDPEngineWithLMHead
 
 ETA = 0.05

@@ -15,7 +15,8 @@ from attention_testlib import (
     tiny_qwen3_omni_thinker,
 )
 from mapo_verl.core import attention_objective_from_coefficients
-from mapo_verl.hf import AudioMassProbe, decoder_layers, resolve_layers
+from mapo_verl.core import resolve_layers
+from mapo_verl.hf import AudioMassProbe, decoder_layers
 
 ETA = 0.05
 LAYERS = [0, -1]

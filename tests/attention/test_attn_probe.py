@@ -18,7 +18,8 @@ from attention_testlib import (
     tiny_qwen3_omni_thinker,
 )
 from mapo_verl.audio_inputs import audio_token_id
-from mapo_verl.hf import AudioMassProbe, decoder_layers, resolve_layers
+from mapo_verl.core import resolve_layers
+from mapo_verl.hf import AudioMassProbe, decoder_layers
 
 LAYERS = [0, -1]
 

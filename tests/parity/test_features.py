@@ -15,7 +15,8 @@ from mapo_verl.config import MAPOConfig
 from mapo_verl.core import audio_lift
 from mapo_verl.step import relevance_for_batch, relevance_metrics
 from mapo_verl.verl_ext.advantage import RelevanceInputs, compute_mapo_outcome_advantage, provide_relevance
-from mapo_verl.verl_ext.attention_branch import FAILED_FIELD, MassStatistics
+from mapo_verl.core.contract import FAILED_FIELD
+from mapo_verl.verl_ext.attention_branch import MassStatistics
 from mapo_verl.verl_ext.trainer import _task_failed
 from mapo_verl.verl_ext.validation import check_mapo_config
 from tests.parity.launch import launch_config

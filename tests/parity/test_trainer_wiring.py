@@ -18,10 +18,9 @@ from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 from verl.utils import tensordict_utils as tu
 
 from mapo_verl.config import MAPOConfig
+from mapo_verl.core.contract import ABLATED_ENTROPY_FIELD, FAILED_FIELD, HAS_AUDIO_FIELD
 from mapo_verl.verl_ext import trainer as trainer_module
-from mapo_verl.verl_ext.attention_branch import FAILED_FIELD
 from mapo_verl.verl_ext.trainer import MAPOTrainer
-from mapo_verl.verl_ext.worker import ABLATED_ENTROPY_FIELD, HAS_AUDIO_FIELD
 
 KEYS = ["u0_0_0", "u0_0_1", "u0_1_0", "u1_0_0", "u1_1_0"]  # session u0_0 has two outputs
 LENGTHS = [3, 2, 3, 2, 3]

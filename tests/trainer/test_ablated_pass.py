@@ -18,12 +18,14 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils import tensordict_utils as tu
 from verl.utils.torch_functional import entropy_from_logits
 
-from mapo_verl.audio_inputs import ABLATION_MODES, ablate_audio, audio_token_id, has_audio
+from mapo_verl.audio_inputs import ablate_audio, audio_token_id, has_audio
+from mapo_verl.core.contract import ABLATION_MODES
 from mapo_verl.config import MAPOConfig
 from mapo_verl.core import fold_relevance_into_advantages
 from mapo_verl.step import relevance_for_batch
 from mapo_verl.verl_ext.advantage import RelevanceInputs, provide_relevance
-from mapo_verl.verl_ext.worker import HAS_AUDIO_FIELD, ablate_batch
+from mapo_verl.core.contract import HAS_AUDIO_FIELD
+from mapo_verl.verl_ext.worker import ablate_batch
 from tests.trainer.audio_models_testlib import save_tiny_omni, save_tiny_qwen3_omni, tone_clip
 
 TEMPERATURE = 0.7
