@@ -1,4 +1,4 @@
-"""Part-of-speech gate over response tokens (spec §2): which tokens the attention loss sees.
+"""Part-of-speech gate over response tokens (docs/DESIGN.md "Part-of-speech gate"): which tokens the attention loss sees.
 
 The response ids are decoded token by token and grouped into words: a token that starts
 with whitespace or is punctuation starts a new word, and a token made only of whitespace

@@ -53,7 +53,7 @@ def relevance_for_batch(
     *,
     pos_gate: torch.Tensor | None = None,
 ) -> BatchRelevance:
-    """ω̃ and ν̃ (spec §2) for a padded batch; rows without audio get ω̃ ≡ 1 and ν̃ ≡ 0."""
+    """ω̃ and ν̃ (docs/DESIGN.md "The method") for a padded batch; rows without audio get ω̃ ≡ 1 and ν̃ ≡ 0."""
     mask = as_bool_mask(response_mask, "response_mask")
     audio = as_bool_mask(check_per_sequence(has_audio, "has_audio", mask.shape[0]), "has_audio")
     omega, nu = relevance_weights(

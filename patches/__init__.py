@@ -31,9 +31,9 @@ _applied = False
 def apply_audio_model_patches() -> None:
     """Adapt veRL's data/processor path to Qwen2.5-Omni thinker, Qwen2-Audio and Qwen3-Omni thinker.
 
-    Spec §5: veRL 0.9.1 has generic audio plumbing (``input_features`` /
+    docs/DESIGN.md, "Patches": veRL 0.9.1 has generic audio plumbing (``input_features`` /
     ``feature_attention_mask`` as varlen multimodal keys) but rejects these models' processors;
-    spec §6: the Omni thinker does not check placeholder counts against the audio features.
+    the Omni thinker does not check placeholder counts against the audio features.
 
     Installs (for the families of :mod:`mapo_verl.patches.audio_models`; any other model goes
     through veRL unchanged, except that the wrap-order and position-id fixes also apply to it

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Audio-mass cost on CPU: indicator-V through sdpa vs the materialised softmax (spec §4).
+"""Audio-mass cost on CPU: indicator-V through sdpa vs the materialised softmax (docs/DESIGN.md "The attention branch").
 
 For every sequence length S, both ways compute the head-reduced audio mass ``a`` of every
 query from the same ``q, k`` (GQA, causal) and back-propagate ``Σ −log(a + ε)`` into ``q``

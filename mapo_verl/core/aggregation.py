@@ -1,4 +1,4 @@
-"""Loss aggregation modes and how ω̃ folds into veRL's token-level advantages (spec §2).
+"""Loss aggregation modes and how ω̃ folds into veRL's token-level advantages (docs/DESIGN.md "The method", "ω̃ enters through the advantages").
 
 veRL reduces a token-loss matrix with one of five ``loss_agg_mode`` values. MAPO's
 weighted policy-gradient loss ``Σ ω̃ ℓ / Σ ω̃`` has one weighted form per mode:

@@ -1,4 +1,4 @@
-"""The attention-loss branch of MAPO (spec §2), without η.
+"""The attention-loss branch of MAPO (docs/DESIGN.md "The method"), without η.
 
 ``L_attn = (1/G) Σ_g gate_g · (1/N_pos,g) Σ_t (t/T_g)^κ · ν̃_t · pos_t · (−log(a_t + ε))``
 
@@ -51,7 +51,7 @@ def sequence_gate(
     pref_cap: float = 0.0,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Per-sequence preference gate ``gate_g = min(f̂_g · |Â_g|, C_pref)`` (spec §2).
+    """Per-sequence preference gate ``gate_g = min(f̂_g · |Â_g|, C_pref)`` (docs/DESIGN.md "The method").
 
     - ``f̂_g = max(fail_g, fail_floor)``, ``fail_g = 1`` when the response's task reward is
       ≤ 0. Without ``task_failed`` every response counts as failed (``f̂ ≡ 1``): the gate
@@ -138,7 +138,7 @@ def attention_objective_from_coefficients(
 ) -> torch.Tensor:
     """``agg(c_t · (−log(a_t + ε)))`` over the gated tokens; differentiable in ``a``.
 
-    With ``loss_agg_mode="seq-mean-token-mean"`` this is spec §2's ``(1/G) Σ_g (1/N_pos,g)
+    With ``loss_agg_mode="seq-mean-token-mean"`` this is the method's ``(1/G) Σ_g (1/N_pos,g)
     Σ_t …``; the batch-normalised modes divide the gated-token sum by the number of gated
     tokens (``token-mean``) or keep the mode's own scale. The optional normalisers are the
     global-batch values of a distributed caller (see :func:`aggregate_token_losses`); by
@@ -185,7 +185,7 @@ def attention_objective(
     pref_cap: float = 0.0,
     loss_agg_mode: str = "seq-mean-token-mean",
 ) -> torch.Tensor:
-    """MAPO's attention loss ``L_attn`` of spec §2 (without the weight η).
+    """MAPO's attention loss ``L_attn`` (docs/DESIGN.md "The method") (without the weight η).
 
     ``L_attn = (1/G) Σ_g gate_g · (1/N_pos,g) Σ_t (t/T_g)^κ · ν̃_t · pos_t · (−log(a_t + ε))``
 
@@ -198,7 +198,7 @@ def attention_objective(
         task_failed: ``[B]`` 1 where the task reward is ≤ 0 (``None`` = all failed).
         adv_abs: ``[B]`` ``|Â_g|`` (``None`` = 1).
         kappa, eps, fail_floor, adv_floor, pref_cap: κ, ε, floor, advantage_floor_eps, C_pref.
-        loss_agg_mode: ``seq-mean-token-mean`` is the spec's formula; see
+        loss_agg_mode: ``seq-mean-token-mean`` is the method's formula; see
             :func:`attention_objective_from_coefficients` for the others.
 
     Returns:

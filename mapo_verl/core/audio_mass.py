@@ -1,4 +1,4 @@
-"""The audio attention mass ``a_t`` by the indicator-V trick (spec §4), and its reductions.
+"""The audio attention mass ``a_t`` by the indicator-V trick (docs/DESIGN.md "The attention branch"), and its reductions.
 
 For query ``t`` and head ``h``, ``a_{h,t} = Σ_j p_{h,t,j} · 1[j ∈ audio]``: the output of
 the *same* attention call when the values are replaced by the 0/1 audio-key indicator.
@@ -93,13 +93,13 @@ def mass_from_output(indicator_output: torch.Tensor, *, head_dim_axis: int = -1)
 
 
 def reduce_heads(mass: torch.Tensor, how: str, *, head_axis: int = 1) -> torch.Tensor:
-    """Reduce per-head masses with ``max`` or ``mean`` (spec §3 default: max)."""
+    """Reduce per-head masses with ``max`` or ``mean`` (default: max)."""
     check_reductions(head_reduce=how)
     return mass.amax(dim=head_axis) if how == "max" else mass.mean(dim=head_axis)
 
 
 def reduce_layers(per_layer: list[torch.Tensor], how: str) -> torch.Tensor:
-    """Reduce the chosen layers' masses with ``mean`` or ``max`` (spec §3 default: mean)."""
+    """Reduce the chosen layers' masses with ``mean`` or ``max`` (default: mean)."""
     check_reductions(layer_reduce=how)
     if not per_layer:
         raise ValueError("reduce_layers needs the mass of at least one layer")

@@ -1,4 +1,4 @@
-"""Per-token weights of MAPO (spec §2): relevance ω̃, inverse relevance ν̃, temporal (t/T)^κ.
+"""Per-token weights of MAPO (docs/DESIGN.md "The method"): relevance ω̃, inverse relevance ν̃, temporal (t/T)^κ.
 
 All functions take right-aligned response tensors of shape ``[B, T]`` (veRL's
 ``responses`` layout) together with the response mask, and return ``float32`` tensors
@@ -25,7 +25,7 @@ def _check_2d(tensor: torch.Tensor, name: str) -> None:
 
 
 def length_scaled_temperature(lengths: torch.Tensor, tau_base: float) -> torch.Tensor:
-    """τ_T = τ_base · log(max(T_g, 2)) per row (spec §2), in float64.
+    """τ_T = τ_base · log(max(T_g, 2)) per row (docs/DESIGN.md "The method"), in float64.
 
     ``max(T, 2)`` keeps τ_T > 0 for one-token responses (log 1 = 0 would divide by zero).
     """
@@ -55,7 +55,7 @@ def relevance_weights(
     cap: float = 5.0,
     pos_gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Modality relevance weights ω̃ and inverse weights ν̃ (spec §2).
+    """Modality relevance weights ω̃ and inverse weights ν̃ (docs/DESIGN.md "The method").
 
     With ``r_t = |H_abl(t) − H_pol(t)|`` (detached) and ``τ_T = τ_base·log(max(T_g, 2))``:
 
@@ -102,11 +102,11 @@ def relevance_weights(
 
 
 def temporal_weights(response_mask: torch.Tensor, *, kappa: float = 1.0) -> torch.Tensor:
-    """Temporal scale ``(t / T_g)^κ`` of spec §2's attention loss.
+    """Temporal scale ``(t / T_g)^κ`` of the attention loss.
 
     ``t = 1..T_g`` counts the valid tokens of each row in order (so padding or masked
     tokens inside a row do not advance the clock), and ``T_g`` is the row's number of
-    valid tokens. ``κ = 0`` gives ones (no temporal scaling); the spec's setting is κ ≥ 1.
+    valid tokens. ``κ = 0`` gives ones (no temporal scaling); the method's setting is κ ≥ 1.
 
     Returns:
         float32 ``[B, T]``, zero outside the mask.

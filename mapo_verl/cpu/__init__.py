@@ -1,7 +1,7 @@
 """Run veRL end to end on a CPU-only machine — for dry runs and CI, never for real training.
 
-Spec §6 (this machine: CPU only, torch CPU build, no vLLM / flash-attn) and §5 (veRL 0.9.1's
-platform, engine and rollout registries, the v1 trainer behind ``main_ppo``).
+For machines with a CPU only (torch CPU build, no vLLM / flash-attn), through veRL 0.9.1's
+platform, engine and rollout registries and the v1 trainer behind ``main_ppo`` (docs/DESIGN.md, "Layout").
 
 Switched on by veRL's own platform switch, ``VERL_PLATFORM=cpu`` (inherited by the Ray
 workers a local run starts); without it :func:`register_cpu_backend` does nothing, so GPU

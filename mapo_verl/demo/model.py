@@ -1,4 +1,4 @@
-"""A tiny random Qwen2.5-Omni thinker with an offline-built tokenizer and processor (spec §6).
+"""A tiny random Qwen2.5-Omni thinker with an offline-built tokenizer and processor (CPU-only tests and dry runs).
 
 Built from nothing (no hub access): a byte-level BPE tokenizer trained on the demo's own
 question/answer vocabulary, a Whisper feature extractor sized for short clips, a

@@ -1,4 +1,4 @@
-"""The audio mass ``a_{h,t}`` through transformers' own attention implementation (spec §4).
+"""The audio mass ``a_{h,t}`` through transformers' own attention implementation (docs/DESIGN.md "The attention branch").
 
 transformers (5.x) attention modules do RoPE / qk-norm themselves, then call
 
@@ -69,7 +69,7 @@ def indicator_v_mass(
             ``value`` ``[b, h_kv, S, d]``); ``value`` only gives the shape and dtype.
         audio_key_mask: ``[b, S]`` 0/1, true at audio-token keys, in the model's input layout
             (``b = 1`` and the packed length for packed inputs).
-        head_reduce: ``max`` or ``mean`` over the query heads (spec §3 default: max).
+        head_reduce: ``max`` or ``mean`` over the query heads (default: max).
 
     Raises:
         ValueError: a non-zero attention dropout (the mass would be a random quantity), an

@@ -1,4 +1,4 @@
-"""Per-layer audio attention masses of an HF decoder during a training forward (spec §2, §4).
+"""Per-layer audio attention masses of an HF decoder during a training forward (docs/DESIGN.md "The attention branch").
 
 :class:`AudioMassProbe` hooks the ``self_attn`` modules of chosen decoder layers of a
 transformers model (Qwen2, the Qwen2.5-Omni thinker, Qwen2-Audio's language model, the
@@ -90,7 +90,7 @@ class MassCapture:
         # else: activation-checkpoint recomputation; the original graph already holds this mass.
 
     def mass(self, layer_reduce: str = "mean") -> torch.Tensor:
-        """``a`` ``[b, S]``: the recorded layers reduced with ``mean`` or ``max`` (spec §3: mean)."""
+        """``a`` ``[b, S]``: the recorded layers reduced with ``mean`` or ``max`` (default: mean)."""
         missing = [layer for layer in self.layers if layer not in self.per_layer]
         if missing:
             raise RuntimeError(
@@ -107,13 +107,13 @@ def _inside_backward() -> bool:
 
 
 class AudioMassProbe:
-    """Indicator-V audio-mass hooks on chosen decoder layers of an HF model (spec §4).
+    """Indicator-V audio-mass hooks on chosen decoder layers of an HF model (docs/DESIGN.md "The attention branch").
 
     Args:
         model: the model (FSDP / PEFT wrappers allowed).
         layers: decoder layer indices; negative ones count from the end.
         head_reduce: ``max`` or ``mean`` over heads, applied per layer before any layer
-            reduction and before ``−log`` (spec §2).
+            reduction and before ``−log`` (docs/DESIGN.md "The method").
     """
 
     def __init__(self, model: torch.nn.Module, layers: list[int] | tuple[int, ...], *, head_reduce: str = "max"):

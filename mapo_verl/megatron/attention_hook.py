@@ -1,4 +1,4 @@
-"""The audio attention mass ``a_t`` and MAPO's attention loss inside megatron-core (spec §4).
+"""The audio attention mass ``a_t`` and MAPO's attention loss inside megatron-core (docs/DESIGN.md "The attention branch", "Megatron").
 
 Only megatron-core is imported here — no veRL, no Transformer Engine, no Megatron-Bridge —
 so the hook runs wherever megatron-core runs (tested: 0.16.1 on a megatron-core GPT model,
@@ -27,7 +27,7 @@ How it works
   ``_checkpointed_attention_forward``. Activation recompute — full or selective
   ``core_attn`` — captures the carrier in its closure, so the recomputed forward sees the
   same request, never a global.
-* **The loss.** Spec §2 reduces the per-head mass over heads (``max|mean``) and then over
+* **The loss.** The method reduces the per-head mass over heads (``max|mean``) and then over
   the chosen layers (``mean|max``) before ``−log``. When the last chosen layer of the
   chunk has run, the hook gathers the detached per-head masses of every chosen layer
   over tensor parallel (every rank then holds all heads), makes them leaves, reduces
@@ -179,7 +179,7 @@ class AudioMassHook:
     Args:
         model_chunks: the rank's model chunks (veRL's ``engine.module``; one per VPP stage),
             possibly wrapped (DDP, Float16Module); each holds one megatron-core GPTModel.
-        layers: spec layer indices (0-based, negative from the end), global over the model.
+        layers: layer indices (0-based, negative from the end), global over the model.
         head_reduce: ``max`` | ``mean`` over *all* heads (exact under TP).
         layer_reduce: ``mean`` | ``max`` over the chosen layers.
         coef: η, the weight of the attention loss.

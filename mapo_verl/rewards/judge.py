@@ -1,7 +1,7 @@
 """An OpenAI-compatible chat-completions client for the consistency judge (off unless configured).
 
 The consistency reward asks a judge model whether a response's final answer follows from its
-own reasoning (spec §3: "consistency ×1 (LLM judge)"). Any server speaking the OpenAI
+own reasoning (the authors' "consistency ×1 (LLM judge)"). Any server speaking the OpenAI
 ``POST {base_url}/chat/completions`` protocol works (vLLM, SGLang, a hosted API). Requests
 are bounded: a per-request timeout, at most ``max_retries`` retries with exponential
 back-off on connection errors, timeouts, HTTP 429 and 5xx (other HTTP errors are not

@@ -1,4 +1,4 @@
-"""The audio multiple-choice reward: accuracy ×2 + format ×1 + consistency ×1 (the authors' weights, spec §3).
+"""The audio multiple-choice reward: accuracy ×2 + format ×1 + consistency ×1 (the authors' weights, docs/DESIGN.md "Parity with the authors' release").
 
 A veRL custom reward function; the recipes select it with::
 
@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_WEIGHTS", "compute_score"]
 
 logger = logging.getLogger(__name__)
 
-# The authors' reward weights (spec §3): MCQA accuracy ×2, format ×1, consistency ×1.
+# The authors' reward weights: MCQA accuracy ×2, format ×1, consistency ×1.
 DEFAULT_WEIGHTS = {"acc": 2.0, "format": 1.0, "consistency": 1.0}
 _warned_judge_failure = False
 

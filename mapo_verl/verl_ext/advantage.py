@@ -88,7 +88,7 @@ def compute_mapo_outcome_advantage(
     config=None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GRPO outcome advantages (veRL's own function) re-weighted by ω̃ (spec §2).
+    """GRPO outcome advantages (veRL's own function) re-weighted by ω̃ (docs/DESIGN.md "The method").
 
     Returns ``(advantages, returns)``; ``returns`` are GRPO's, unweighted.
     """

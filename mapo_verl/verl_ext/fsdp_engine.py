@@ -1,4 +1,4 @@
-"""veRL 0.9.1 FSDP engine with MAPO's attention loss (spec §2 ``η·L_attn``, §4).
+"""veRL 0.9.1 FSDP engine with MAPO's attention loss (``η·L_attn``, docs/DESIGN.md "The attention branch").
 
 :class:`MAPOFSDPEngineWithLMHead` is veRL's ``FSDPEngineWithLMHead`` plus, during the policy
 update only (``forward_only=False``) and only when ``η > 0``:

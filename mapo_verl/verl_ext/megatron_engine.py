@@ -1,4 +1,4 @@
-"""veRL 0.9.1's Megatron engine with audio inputs and MAPO's attention loss (spec §4, issue 5).
+"""veRL 0.9.1's Megatron engine with audio inputs and MAPO's attention loss (docs/DESIGN.md "The attention branch", "Megatron").
 
 :class:`MAPOMegatronEngine` subclasses veRL's ``MegatronEngineWithLMHead`` and changes two
 things, leaving every other code path (micro-batching, schedules, ``ppo_loss``, metrics) to

@@ -1,4 +1,4 @@
-"""The package's import graph (docs/DESIGN.md, "Layout"): no cycles, imports point down.
+"""The package's import graph (docs/DESIGN.md, "Layout"): no cycles, imports point down; citations stay inside.
 
 Walks every module of ``mapo_verl`` (``patches/`` installs as ``mapo_verl.patches``) with ``ast``, so
 nothing is imported. Every ``import`` counts, at module level or inside a function: a lazy import
@@ -169,3 +169,14 @@ def test_cpu_backend_has_no_demo_wiring():
 
 def test_contract_imports_nothing_of_mapo_verl():
     assert not {i for i in _imported_names("mapo_verl.core.contract") if _top(i) == "mapo_verl"}
+
+
+def test_docstrings_cite_design_not_outside_documents():
+    """Citations point into docs/DESIGN.md, never to a spec section or an issue number outside the repository."""
+    import re
+
+    pattern = re.compile(r"§|MAPO_SPEC|\b[Ii]ssue \d")
+    files = [*MODULES.values(), *(ROOT / "scripts").glob("*.py"), *(ROOT / "scripts").glob("*.sh")]
+    bad = [f"{path.relative_to(ROOT)}:{number}" for path in files
+           for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not bad, bad

@@ -1,7 +1,7 @@
 """MAPO's FSDP engine on veRL 0.9.1's real engine code (CPU, one-process gloo group).
 
 The reference attention loss is computed here from explicit eager attention probabilities
-and the spec's formula, with its own index arithmetic for response positions.
+and the method's formula (docs/DESIGN.md), with its own index arithmetic for response positions.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _model(implementation="sdpa", thinker="qwen2_5_omni"):
 
 def _reference_attention_loss(reference, *, audio_free_row=None, head_reduce="max", layer_reduce="mean",
                               thinker="qwen2_5_omni"):
-    """Spec §2 ``L_attn`` from explicit probabilities; returns (L, reference model grads, response masses)."""
+    """The method's ``L_attn`` (docs/DESIGN.md "The method") from explicit probabilities; returns (L, reference model grads, response masses)."""
     model = _model("eager", thinker)
     rows = [r for r in range(len(reference["sequences"])) if r != audio_free_row]
     ids, mask = right_pad(reference["sequences"])

@@ -1,4 +1,4 @@
-"""indicator_v_mass: the audio mass through transformers' attention functions (spec §4).
+"""indicator_v_mass: the audio mass through transformers' attention functions (docs/DESIGN.md "The attention branch").
 
 References are explicit float64 softmax probabilities; gradients are checked by
 ``torch.autograd.gradcheck`` (sdpa, float64) and against the explicit softmax (eager).

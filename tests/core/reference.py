@@ -1,6 +1,6 @@
-"""Independent, loop-by-loop implementations of spec §2, used as test oracles.
+"""Independent, loop-by-loop implementations of the method (docs/DESIGN.md "The method"), used as test oracles.
 
-Written from MAPO_SPEC.md with Python floats and the ``math`` module only, so they share
+Written from those formulas with Python floats and the ``math`` module only, so they share
 no code (and no vectorised trick) with ``mapo_verl.core``.
 """
 
@@ -18,7 +18,7 @@ def softmax(values: list[float]) -> list[float]:
 
 def relevance_row(h_pol: list[float], h_abl: list[float], mask: list[int], gate: list[int], tau_base: float,
                   cap: float) -> tuple[list[float], list[float]]:
-    """ω̃ and ν̃ of one row, straight from the spec's formulas."""
+    """ω̃ and ν̃ of one row, straight from the formulas."""
     valid = [i for i, m in enumerate(mask) if m]
     omega = [0.0] * len(mask)
     nu = [0.0] * len(mask)
@@ -82,7 +82,7 @@ VERL_SEQ_MEAN_EPS = 1e-8  # veRL's seq-mean-token-mean divides each row by (T_g 
 
 
 def weighted_pg_loss(token_loss, omega, mask, mode: str, horizon: int) -> float:
-    """The spec's ω̃-weighted PG loss for one veRL loss_agg_mode (see mapo_verl.core.aggregation).
+    """The method's ω̃-weighted PG loss for one veRL loss_agg_mode (see mapo_verl.core.aggregation).
 
     For ``seq-mean-token-mean`` the row term carries veRL's own ``T_g / (T_g + 1e-8)``
     factor, which GRPO's loss has as well.

@@ -1,4 +1,4 @@
-"""L_attn against a loop-by-loop oracle of spec §2, its gradient, the gate, and bad input."""
+"""L_attn against a loop-by-loop oracle of the method's formula, its gradient, the gate, and bad input."""
 
 import pytest
 import torch

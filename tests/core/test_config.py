@@ -1,4 +1,4 @@
-"""MAPO's config dataclass: the authors' launcher defaults (spec §3) and named errors."""
+"""MAPO's config dataclass: the authors' launcher defaults (docs/DESIGN.md parity table) and named errors."""
 
 import pytest
 from omegaconf import OmegaConf
@@ -12,7 +12,7 @@ from mapo_verl.config import (
     mapo_config_from,
 )
 
-# Spec §3, "launcher value" column, typed in from the table.
+# The authors' launcher values, typed in from the release's launcher (docs/DESIGN.md parity table).
 SPEC_LAUNCHER_DEFAULTS = {
     ("attention", "coef"): 0.05,
     ("tau_base",): 1.0,

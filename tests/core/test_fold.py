@@ -1,4 +1,4 @@
-"""ω̃ folded into advantages: veRL's own vanilla loss must equal the spec's weighted loss.
+"""ω̃ folded into advantages: veRL's own vanilla loss must equal the method's weighted loss.
 
 Equivalence: with ω̃ ≡ 1 the folded advantages reproduce veRL's GRPO loss *and* gradient
 bit for bit, for every loss_agg_mode. Weighted: veRL's loss on the folded advantages equals

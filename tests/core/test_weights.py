@@ -1,4 +1,4 @@
-"""ω̃, ν̃ and (t/T)^κ against loop-by-loop oracles written from the spec, plus bad input."""
+"""ω̃, ν̃ and (t/T)^κ against loop-by-loop oracles written from the formulas, plus bad input."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Test-only shims that let megatron-core 0.16.1 run on CPU with gloo (spec §6).
+"""Test-only shims that let megatron-core 0.16.1 run on CPU with gloo.
 
 megatron-core assumes CUDA in a handful of places that our tests reach: the current
 device, ``synchronize``, ``device="cuda"`` zeros in the pipeline schedules, the global

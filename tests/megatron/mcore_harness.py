@@ -8,7 +8,7 @@ error raised. The pytest side (``test_attention_hook.py``) asserts on them.
 Every scenario compares a parallel run of the *hooked* model (indicator-V mass, gradient
 injected at the layers, megatron-core's pipeline schedules) against a reference built
 independently on the same weights and data: TP=1, PP=1, the audio mass from explicitly
-materialised softmax probabilities, the head/layer reductions and spec §2's loss written
+materialised softmax probabilities, the head/layer reductions and the method's loss written
 out here, and one ordinary ``backward`` of ``Σ_mb (L_main + η·L_attn)``.
 """
 
@@ -151,7 +151,7 @@ def normalisers(data: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------- reference
 def explicit_attention_loss(mass: torch.Tensor, batch: dict, norm: dict, agg: str) -> torch.Tensor:
-    """Spec §2 written out: c_t · −log(a_t + ε), per-row token mean then /G, or /N_gated."""
+    """The method's L_attn written out: c_t · −log(a_t + ε), per-row token mean then /G, or /N_gated."""
     terms = batch["coef"].double() * -torch.log(torch.where(batch["gate"], mass, torch.ones_like(mass)) + EPS)
     terms = torch.where(batch["gate"], terms, torch.zeros_like(terms))
     if agg == "token-mean":
@@ -348,7 +348,7 @@ def make_verl_batch(num_samples: int, seed: int):
 
 def engine_reference(spec: dict, weights: dict, rows: dict, layers: list[int]) -> dict:
     """Explicit TP=1 reference of the engine's attention loss: softmax masses read at the query
-    position that predicts response token t (prompt_len + t - 1), spec §2's seq-mean-token-mean
+    position that predicts response token t (prompt_len + t - 1), the method's seq-mean-token-mean
     over the rows that hold audio (G counts them; text-only rows are out of the branch)."""
     ps.initialize_model_parallel(1, 1)
     try:

@@ -1,4 +1,4 @@
-"""The recipes compose with veRL's ppo_trainer, carry spec §3's values, have exact GRPO twins, and pass the
+"""The recipes compose with veRL's ppo_trainer, carry the authors' values (docs/DESIGN.md parity table), have exact GRPO twins, and pass the
 launch checks; the launch checks reject sizes that do not agree, naming the keys, before Ray starts."""
 
 import os
@@ -24,7 +24,7 @@ MODELS = {  # recipe stem -> (nodes, GPUs per node, strategy)
 RECIPE_NAMES = [f"{algo}_{model}" for model in MODELS for algo in ("mapo", "grpo")]
 MAPO_SECTION = "actor_rollout_ref.actor.policy_loss.mapo"
 
-# Spec §3, the authors' launcher values, written out here independently of mapo_verl.config.
+# The authors' launcher values (docs/DESIGN.md parity table), written out here independently of mapo_verl.config.
 SPEC_MAPO_VALUES = {
     f"{MAPO_SECTION}.tau_base": 1.0,
     f"{MAPO_SECTION}.mask_cap": 5.0,
