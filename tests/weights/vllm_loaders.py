@@ -82,7 +82,7 @@ class Part:
     """One child module of vLLM's model, where the HF class keeps it, and how vLLM loads its weights."""
 
     vllm_prefix: str
-    hf_prefix: str
+    hf_prefixes: tuple[str, ...]  # where the HF class keeps it (transformers versions differ: Qwen2-Audio)
     loader: str
     stacked: tuple = ()
     experts: bool = False  # Qwen3MoeModel: FusedMoE experts; its stacked loop skips names with "mlp.experts"
@@ -101,10 +101,15 @@ class VllmModel:
     skip_prefixes: tuple[str, ...]
     parts: tuple[Part, ...]
 
-    def part_for(self, name: str, side: str) -> Part | None:
-        """The part whose vLLM (``side="vllm"``) or HF (``side="hf"``) prefix is the longest one of ``name``."""
-        matches = [p for p in self.parts if name.startswith(p.vllm_prefix if side == "vllm" else p.hf_prefix)]
-        return max(matches, key=lambda p: len(p.vllm_prefix if side == "vllm" else p.hf_prefix), default=None)
+    def vllm_part(self, name: str) -> Part | None:
+        """The part whose vLLM prefix is the longest one of ``name``."""
+        matches = [p for p in self.parts if name.startswith(p.vllm_prefix)]
+        return max(matches, key=lambda p: len(p.vllm_prefix), default=None)
+
+    def hf_part(self, name: str) -> tuple[Part, str] | None:
+        """``(part, HF prefix)`` for an HF parameter name, by the longest matching HF prefix."""
+        matches = [(p, prefix) for p in self.parts for prefix in p.hf_prefixes if name.startswith(prefix)]
+        return max(matches, key=lambda m: len(m[1]), default=None)
 
 
 _THINKER_PREFIXES = (("thinker.lm_head.", "language_model.lm_head."), ("thinker.model.", "language_model.model."),
@@ -117,10 +122,10 @@ QWEN25_OMNI = VllmModel(
     prefix_map=_THINKER_PREFIXES,
     skip_prefixes=("talker.", "token2wav."),
     parts=(
-        Part("audio_tower.", "audio_tower.", LOADER_AUTO),
-        Part("visual.", "visual.", LOADER_STRICT, QWEN25_VISION_STACKED),
-        Part("language_model.model.", "model.", LOADER_LENIENT, TEXT_STACKED),
-        Part("language_model.lm_head.", "lm_head.", LOADER_AUTO, skip_when_tied=True),
+        Part("audio_tower.", ("audio_tower.",), LOADER_AUTO),
+        Part("visual.", ("visual.",), LOADER_STRICT, QWEN25_VISION_STACKED),
+        Part("language_model.model.", ("model.",), LOADER_LENIENT, TEXT_STACKED),
+        Part("language_model.lm_head.", ("lm_head.",), LOADER_AUTO, skip_when_tied=True),
     ),
 )
 
@@ -131,10 +136,12 @@ QWEN2_AUDIO = VllmModel(
     prefix_map=(),
     skip_prefixes=(),
     parts=(
-        Part("audio_tower.", "model.audio_tower.", LOADER_AUTO),
-        Part("multi_modal_projector.", "model.multi_modal_projector.", LOADER_AUTO),
-        Part("language_model.model.", "model.language_model.", LOADER_LENIENT, TEXT_STACKED),
-        Part("language_model.lm_head.", "lm_head.", LOADER_AUTO, skip_when_tied=True),
+        # transformers <= 5.9 keeps the checkpoint layout; 5.10 moved the modules under "model." (and "lm_head.")
+        Part("audio_tower.", ("audio_tower.", "model.audio_tower."), LOADER_AUTO),
+        Part("multi_modal_projector.", ("multi_modal_projector.", "model.multi_modal_projector."), LOADER_AUTO),
+        Part("language_model.model.", ("language_model.model.", "model.language_model."), LOADER_LENIENT,
+             TEXT_STACKED),
+        Part("language_model.lm_head.", ("language_model.lm_head.", "lm_head."), LOADER_AUTO, skip_when_tied=True),
     ),
 )
 
@@ -146,10 +153,10 @@ QWEN3_OMNI = VllmModel(
     skip_prefixes=("talker.", "code2wav."),
     parts=(
         # Qwen3OmniMoeAudioEncoder.load_weights: params_dict[name] for q/k/v, params_dict.get(name) otherwise
-        Part("audio_tower.", "audio_tower.", LOADER_LENIENT, QWEN3_AUDIO_STACKED, stacked_loader=LOADER_STRICT),
-        Part("visual.", "visual.", LOADER_STRICT, QWEN3_VISION_STACKED),
-        Part("language_model.model.", "model.", LOADER_LENIENT, TEXT_STACKED, experts=True),
-        Part("language_model.lm_head.", "lm_head.", LOADER_AUTO),
+        Part("audio_tower.", ("audio_tower.",), LOADER_LENIENT, QWEN3_AUDIO_STACKED, stacked_loader=LOADER_STRICT),
+        Part("visual.", ("visual.",), LOADER_STRICT, QWEN3_VISION_STACKED),
+        Part("language_model.model.", ("model.",), LOADER_LENIENT, TEXT_STACKED, experts=True),
+        Part("language_model.lm_head.", ("lm_head.",), LOADER_AUTO),
     ),
 )
 
@@ -189,12 +196,13 @@ def vllm_parameters(model: VllmModel, hf_names: dict[str, tuple[int, ...]], *, t
     """
     params: dict[str, set] = {}
     for name, shape in hf_names.items():
-        part = model.part_for(name, "hf")
-        if part is None:
+        found = model.hf_part(name)
+        if found is None:
             raise ValueError(f"{model.hf_class} parameter {name!r} has no place in vLLM's {model.vllm_class}")
+        part, hf_prefix = found
         if part.skip_when_tied and tied:
             continue  # vLLM's lm_head is the embedding
-        rel = name[len(part.hf_prefix):]
+        rel = name[len(hf_prefix):]
         packed = _PACKED_EXPERTS.search(rel) if part.experts else None
         if packed is not None:
             base = rel[: packed.start()] + "mlp.experts.routed_experts."
@@ -236,7 +244,7 @@ def simulate_load(model: VllmModel, sent: Iterable[str], params: dict[str, set],
         if skip is not None:
             report.skipped[name] = f"vLLM skips {skip!r}"
             continue
-        part = model.part_for(mapped, "vllm")
+        part = model.vllm_part(mapped)
         if part is None:
             report.rejected[name] = f"{model.vllm_class} has no module for {mapped!r}"
             continue
