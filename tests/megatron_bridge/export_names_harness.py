@@ -1,7 +1,8 @@
-"""Megatron-Bridge's HF export of the tiny bridge models, names and shapes (run as a script; one gloo rank).
+"""Megatron-Bridge's HF export of the tiny bridge models, names and shapes (run as a script per gloo rank).
 
-``python export_names_harness.py --rank 0 --world 1 --port P --out DIR --scenarios qwen25_omni,...`` builds
-each family's Megatron-Bridge model (``bridge_models.build_model``, TP = PP = 1), exports it the way veRL
+``python export_names_harness.py --rank R --world 2 --port P --out DIR --scenarios qwen25_omni:pp2,...``
+builds each family's Megatron-Bridge model (``bridge_models.build_model``) under the scenario's layout
+(``tp2``: TP = 2; ``pp2``: PP = 2, each rank holding half the decoder layers), exports it the way veRL
 0.9.1's Megatron engine does at weight sync (``AutoBridge.export_hf_weights``, with the bridge made from the
 family's HF config), and records the exported names and shapes next to the state dict of the HF class vLLM's
 parameter names are derived from (built on the meta device from the same config; transformers 5's packed MoE
@@ -48,10 +49,14 @@ def hf_configs(family: str, model: torch.nn.Module):
     return full, transformers.Qwen3OmniMoeThinkerForConditionalGeneration, thinker
 
 
-def run_scenario(family: str) -> dict:
-    ps.initialize_model_parallel(1, 1)
+LAYOUTS = {"tp2": dict(tp=2, pp=1), "pp2": dict(tp=1, pp=2)}
+
+
+def run_scenario(scenario: str) -> dict:
+    family, layout = scenario.split(":")
+    ps.initialize_model_parallel(LAYOUTS[layout]["tp"], LAYOUTS[layout]["pp"])
     try:
-        model = bm.build_model(family)
+        model = bm.build_model(family, **LAYOUTS[layout])
         full, hf_class, hf_config = hf_configs(family, model)
         exported = {name: list(tensor.shape) for name, tensor in
                     AutoBridge.from_hf_config(full).export_hf_weights([model], cpu=True, show_progress=False)}

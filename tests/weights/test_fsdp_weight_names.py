@@ -16,9 +16,10 @@ The Omni thinkers' names lack the ``thinker.`` prefix that vLLM's Omni classes m
 architectures with its thinker class, whose children are ``audio_tower``, ``visual``, ``language_model``:
 ``model.*`` and ``lm_head.*`` have no module and ``load_weights`` raises); under transformers 5.10 Qwen2-Audio's
 names (``model.language_model.*``, ``model.audio_tower.*``, ``lm_head.*``) are not the checkpoint layout
-vLLM's ``Qwen2AudioForConditionalGeneration`` loads, and it has no mapper (transformers <= 5.9, which veRL's
-``vllm`` extra pins at 5.9.0, still has the checkpoint layout, and those names load). Those tests are strict ``xfail`` until the
-weight sync renames them; the checkpoint layouts vLLM is written for load completely.
+vLLM's ``Qwen2AudioForConditionalGeneration`` loads, and it has no mapper (transformers 5.8 and 5.9, which
+veRL's ``vllm`` extra pins, keep the checkpoint layout in memory, which the rules accept). Those tests are
+strict ``xfail`` until the weight sync renames the names; the checkpoint layouts vLLM is written for load
+completely.
 """
 
 from __future__ import annotations
