@@ -185,6 +185,8 @@ def _replace(old: str, new: str):
     # an audio-tower tensor fused where vLLM uses transformers' encoder (q/k/v separate, no stacked mapping)
     ("qwen25_omni", "thinker.audio_tower.layers.0.self_attn.q_proj.weight",
      "thinker.audio_tower.layers.0.self_attn.qkv.weight"),
+    # already fused (a vLLM-style name): Qwen2Model's stacked rename makes "gate_gate_up_proj", a KeyError
+    ("qwen25_omni", "thinker.model.layers.0.mlp.up_proj.weight", "thinker.model.layers.0.mlp.gate_up_proj.weight"),
 ])
 def test_a_wrong_prefix_or_module_is_rejected_and_leaves_its_parameter_stale(family, old, new):
     report = _check(family, _replace(old, new))
@@ -193,12 +195,15 @@ def test_a_wrong_prefix_or_module_is_rejected_and_leaves_its_parameter_stale(fam
 
 
 @pytest.mark.parametrize("family, old, new", [
-    # already fused (a Megatron-style or vLLM-style name): Qwen2Model's stacked rename makes "gate_gate_up_proj"
-    ("qwen25_omni", "thinker.model.layers.0.mlp.up_proj.weight", "thinker.model.layers.0.mlp.gate_up_proj.weight"),
+    # Megatron-style names: Qwen2Model skips names it does not have
+    ("qwen25_omni", "thinker.model.layers.0.mlp.down_proj.weight", "thinker.model.layers.0.mlp.linear_fc2.weight"),
     ("qwen2_audio", "language_model.model.layers.1.self_attn.o_proj.weight",
      "language_model.model.layers.1.self_attention.linear_proj.weight"),
     # Qwen3-Omni's audio encoder looks plain names up with params_dict.get
     ("qwen3_omni", "thinker.audio_tower.proj1.weight", "thinker.audio_tower.proj_1.weight"),
+    # an expert id the layer does not have (4 experts): no FusedMoE mapping matches it
+    ("qwen3_omni", "thinker.model.layers.1.mlp.experts.3.up_proj.weight",
+     "thinker.model.layers.1.mlp.experts.7.up_proj.weight"),
 ])
 def test_a_name_vllm_would_drop_silently_fails(family, old, new):
     report = _check(family, _replace(old, new))

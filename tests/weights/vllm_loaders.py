@@ -30,7 +30,10 @@ How each loader treats a name, as vLLM does it (the ``LOADER_*`` kinds below):
   (fused-parameter) renames: an unknown name raises ``KeyError``;
 - ``lenient``: a ``load_weights`` that skips names it does not find (``if name not in params_dict:
   continue`` in ``Qwen2Model`` / ``Qwen3MoeModel``, ``params_dict.get`` in ``Qwen3OmniMoeAudioEncoder``):
-  an unknown name is **dropped silently** and the rollout keeps serving the stale tensor.
+  an unknown name is **dropped silently** and the rollout keeps serving the stale tensor. Their stacked
+  branches differ: ``Qwen2Model``'s raises for a fused name it does not have (a ``.bias`` excepted),
+  ``Qwen3OmniMoeAudioEncoder``'s raises, ``Qwen3MoeModel``'s skips; an expert name raises unless its expert
+  id does not exist (then it is skipped).
 
 vLLM's parameter names are derived from the real HF model class (:func:`vllm_parameters`): vLLM loads the
 released checkpoints, whose names are the HF classes' own, so every vLLM parameter is an HF parameter
@@ -55,6 +58,8 @@ __all__ = [
 ]
 
 LOADER_AUTO, LOADER_STRICT, LOADER_LENIENT = "auto", "strict", "lenient"
+# Qwen2Model's stacked branch: params_dict[name] raises, except for a ".bias" it does not have (skipped)
+LOADER_STRICT_BUT_BIAS = "strict (a missing .bias: skipped)"
 
 # AutoWeightsLoader.ROTARY_EMBEDS_UNUSED_WEIGHTS: skipped wherever they appear
 ROTARY_SUBSTRINGS = ("rotary_pos_emb.inv_freq", "rotary_emb.inv_freq", "rotary_emb.cos_cached",
@@ -124,7 +129,8 @@ QWEN25_OMNI = VllmModel(
     parts=(
         Part("audio_tower.", ("audio_tower.",), LOADER_AUTO),
         Part("visual.", ("visual.",), LOADER_STRICT, QWEN25_VISION_STACKED),
-        Part("language_model.model.", ("model.",), LOADER_LENIENT, TEXT_STACKED),
+        Part("language_model.model.", ("model.",), LOADER_LENIENT, TEXT_STACKED,
+             stacked_loader=LOADER_STRICT_BUT_BIAS),
         Part("language_model.lm_head.", ("lm_head.",), LOADER_AUTO, skip_when_tied=True),
     ),
 )
@@ -140,7 +146,7 @@ QWEN2_AUDIO = VllmModel(
         Part("audio_tower.", ("audio_tower.", "model.audio_tower."), LOADER_AUTO),
         Part("multi_modal_projector.", ("multi_modal_projector.", "model.multi_modal_projector."), LOADER_AUTO),
         Part("language_model.model.", ("language_model.model.", "model.language_model."), LOADER_LENIENT,
-             TEXT_STACKED),
+             TEXT_STACKED, stacked_loader=LOADER_STRICT_BUT_BIAS),
         Part("language_model.lm_head.", ("language_model.lm_head.", "lm_head."), LOADER_AUTO, skip_when_tied=True),
     ),
 )
@@ -256,9 +262,15 @@ def simulate_load(model: VllmModel, sent: Iterable[str], params: dict[str, set],
         stacked = None if expert is not None else _stacked_target(part, rel)
         vllm_rel, shard = expert or stacked or (rel, None)
         vllm_name = part.vllm_prefix + vllm_rel
+        if expert is not None and vllm_name in params and shard not in params[vllm_name]:
+            # an expert id the layer does not have: no expert mapping matches, the plain lookup skips it
+            report.dropped[name] = f"{vllm_name} expert {shard[0]}"
+            continue
         if vllm_name not in params:
             loader = LOADER_STRICT if expert is not None else (part.stacked_loader if stacked is not None else None)
             loader = loader or part.loader
+            if loader == LOADER_STRICT_BUT_BIAS:
+                loader = LOADER_LENIENT if vllm_name.endswith(".bias") else LOADER_STRICT
             if loader == LOADER_LENIENT:
                 report.dropped[name] = vllm_name
             else:
