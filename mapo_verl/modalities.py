@@ -1,4 +1,5 @@
-"""Non-text modalities beyond audio: which inputs carry them and how to remove them (pure torch, no veRL).
+"""Non-text modalities beyond audio: which inputs carry them and how to remove them (pure torch, no veRL;
+docs/DESIGN.md, "Beyond audio").
 
 Nothing in MAPO's math is audio-specific: Δh needs a pass with a modality removed, the attention
 loss needs that modality's key tokens. A :class:`Modality` names, for one modality, the keys of a
