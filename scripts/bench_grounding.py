@@ -49,7 +49,7 @@ ARMS = {
 BASELINE = "warm_start"
 RL_TONES = (8, 12)  # K of the RL training clips (where the warm start still errs); evaluation also goes beyond
 WARM_DISTRIBUTION = "uniform"  # the warm start listens; the late text prior comes only with RL
-PLOTS = ("exact_accuracy_by_k.png", "position_accuracy_k12.png", "audio_mass_by_position.png",
+PLOTS = ("exact_accuracy_by_k.png", "position_accuracy_k12.png", "prior_follow_k12.png", "audio_mass_by_position.png",
          "delta_h_by_position.png", "perturbation_k12.png", "reward_over_steps.png")
 _FULL = {"warm_steps": 1400, "pool": 2000, "steps": 50, "train_rows": 256, "val_rows": 16, "clips_per_k": 60}
 _QUICK = {"warm_steps": 30, "pool": 64, "steps": 1, "train_rows": 8, "val_rows": 4, "clips_per_k": 4}
@@ -79,7 +79,8 @@ def write_data(work: Path, seed: int, sizes: dict) -> dict[str, Path]:
     return {"train": train, "val": val}
 
 
-def run_arm(arm: str, seed: int, model: Path, data: dict, steps: int, work: Path, quick: bool) -> dict:
+def run_arm(arm: str, seed: int, model: Path, data: dict, steps: int, work: Path, quick: bool,
+            overrides_all: tuple[str, ...] = ()) -> dict:
     """One RL run through the launcher; returns where its actor checkpoint and metrics are. A run that
     already finished with the same command (its ``run.json`` in the run directory) is reused, not
     retrained: a dev-split check and the test evaluation can share one run."""
@@ -92,6 +93,7 @@ def run_arm(arm: str, seed: int, model: Path, data: dict, steps: int, work: Path
         f"trainer.default_local_dir={run_root / recipe / 'checkpoints'}",
         f"data.seed={seed}", f"actor_rollout_ref.actor.data_loader_seed={seed}",
         f"actor_rollout_ref.actor.fsdp_config.seed={seed}", f"actor_rollout_ref.rollout.seed={seed}", *extra,
+        *overrides_all,
     ]
     command = [sys.executable, "-m", "mapo_verl.demo.launch", "--recipe", recipe, *overrides]
     env = dict(os.environ, MAPO_RUN_DIR=str(run_root), MAPO_DEMO_DIR=str(work / "demo_assets"))
@@ -247,6 +249,10 @@ def write_plots(results: dict, out: Path) -> list[str]:
                "Per-position naming accuracy, K = 12 (uniform, greedy)",
                "accuracy at position t", "position t",
                lambda e: (list(range(1, 13)), e["greedy"]["uniform"][k12]["position_acc"]), chance=1 / 3)
+    _plot_arms(plt, results, out / "prior_follow_k12.png",
+               "Prior-follow rate: word t continues the cycle from word t−1, K = 12 (uniform, greedy)",
+               "share of answers", "position t",
+               lambda e: (list(range(2, 13)), e["greedy"]["uniform"][k12]["prior_follow"]), chance=1 / 3)
     _plot_arms(plt, results, out / "audio_mass_by_position.png",
                "Audio attention mass by position, K = 12 (teacher forced, mean of layers)", "audio mass",
                "position t",
@@ -362,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips-per-k", type=int, help="evaluation clips per K and distribution")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "grounding")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "grounding")
+    parser.add_argument("--rl-override", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="Hydra overrides for every RL arm (e.g. actor_rollout_ref.actor.optim.lr=1e-3)")
     parser.add_argument("--eval-split", default="test", choices=("test", "dev"),
                         help="evaluation clips: test (reported) or dev (design checks; default: %(default)s)")
     parser.add_argument("--skip-done", action="store_true", help="keep (seed, arm) results already in --out")
@@ -401,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"--distribution {warm.get('distribution', 'cycle')}"}
                 checkpoint, steps = None, 0
             else:
-                run = run_arm(arm, seed, model, data, sizes["steps"], work, args.quick)
+                run = run_arm(arm, seed, model, data, sizes["steps"], work, args.quick, tuple(args.rl_override))
                 checkpoint, steps = run["checkpoint"], sizes["steps"]
             start = time.perf_counter()
             evaluation = evaluate_model(model, checkpoint, sizes, seed, args.quick, split=args.eval_split)

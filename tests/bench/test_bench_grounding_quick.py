@@ -40,6 +40,7 @@ def test_quick_bench_writes_every_result(bench):
         for dist in ("uniform", "cycle"):
             k12 = evaluation["greedy"][dist]["12"]
             assert len(k12["position_acc"]) == 12 and 0.0 <= k12["exact"] <= 1.0
+            assert len(k12["prior_follow"]) == 11 and all(0.0 <= f <= 1.0 for f in k12["prior_follow"])
             mass = evaluation["teacher_forced"][dist]["12"]["audio_mass_layer_mean"]
             assert len(mass) == 12 and all(0.0 <= m <= 1.0 for m in mass)
             assert set(evaluation["perturbation"][dist]) == {"silence_vs_original", "swap_vs_original",
@@ -48,7 +49,8 @@ def test_quick_bench_writes_every_result(bench):
         if arm != "warm_start":
             assert record["steps"] == 1 and "main_ppo" not in record["command"]  # the launcher's command
             assert "critic/score/mean" in record["train_metrics"]
-    for name in ("exact_accuracy_by_k.png", "position_accuracy_k12.png", "audio_mass_by_position.png",
+    for name in ("exact_accuracy_by_k.png", "position_accuracy_k12.png", "prior_follow_k12.png",
+                 "audio_mass_by_position.png",
                  "delta_h_by_position.png", "perturbation_k12.png", "reward_over_steps.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
     summary = (out / "summary.md").read_text()
@@ -62,3 +64,5 @@ def test_mapo_arm_logged_its_diagnostics(bench):
     metrics = json.loads((bench["out"] / "seed0_mapo.json").read_text())["train_metrics"]
     assert "mapo/omega_max" in metrics and "mapo/audio_mass/late_early_ratio" in metrics
     assert (bench["work"] / "seed0" / "mapo" / "mapo_grounding_tiny_cpu" / "collapse_report" / "summary.md").is_file()
+    assert json.loads((bench["work"] / "seed0" / "mapo" / "run.json").read_text())["command"] == \
+        json.loads((bench["out"] / "seed0_mapo.json").read_text())["command"]  # what a later invocation reuses
