@@ -1,47 +1,58 @@
-"""What the FSDP and Megatron engines share for MAPO's attention branch (one place for both).
+"""MAPO's attention branch as both engines run it (FSDP and Megatron; docs/DESIGN.md, "The attention branch").
 
-- reading the batch fields the MAPO trainer writes for the actor update
-  (:mod:`mapo_verl.core.contract`) as dense response-aligned tensors;
-- which response tokens the branch applies to (rows that hold an audio token) and the
-  mini-batch normalisers ``G`` and ``N`` summed over data-parallel ranks;
-- the MAPO config bound into veRL's ``partial(ppo_loss, config=actor_config)``;
-- the audio-mass statistics behind the ``mapo/audio_mass*`` and ``mapo/audio_lift`` metrics.
+- :func:`attention_settings`: the one way an engine learns the branch's settings, from the actor
+  config veRL binds into its loss function (``partial(ppo_loss, config=actor_config)``);
+- :class:`AttentionBranch`: the protocol over one mini-batch of the policy update — checks of the
+  trainer's fields (:mod:`mapo_verl.core.contract`), the rows the branch applies to (rows that hold
+  an audio token), the normalisers ``G`` and ``N`` summed over data-parallel ranks, and per
+  micro-batch the objective and the audio-mass statistics;
+- :class:`MassStatistics`: the sums behind the ``mapo/audio_mass*`` and ``mapo/audio_lift`` metrics.
+
+The engines keep only what differs: how ``a_t`` is captured and mapped to response positions,
+how the gradient enters, and how metrics are reduced over their parallel groups.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.distributed as dist
+from tensordict import TensorDict
 
 from mapo_verl.audio_inputs import audio_key_mask
-from mapo_verl.config import MAPOConfig
-from mapo_verl.core import NUM_DECILES, audio_lift, position_metrics, sums_by_decile
+from mapo_verl.config import AttentionLossConfig, MAPOConfig
+from mapo_verl.core import (
+    NUM_DECILES,
+    attention_objective_from_coefficients,
+    audio_lift,
+    position_metrics,
+    sums_by_decile,
+)
 from mapo_verl.core.checks import as_bool_mask, check_finite_where
 from mapo_verl.core.contract import AUDIO_MASS_METRIC, COEF_FIELD, CONFIG_PREFIX, FAILED_FIELD, GATE_FIELD
 
 __all__ = [
-    "bound_configs",
-    "require_attention_fields",
+    "attention_settings",
+    "AttentionBranch",
     "response_width",
     "dense_response_field",
     "rows_with_audio",
-    "branch_masks",
-    "check_coefficients",
-    "global_branch_counts",
     "MassStatistics",
 ]
 
-def bound_configs(loss_function) -> tuple[object, MAPOConfig] | None:
-    """``(actor config, MAPO config)`` bound into veRL's ``partial(ppo_loss, config=actor_config)``.
+
+def attention_settings(loss_function: Callable) -> tuple[Any, AttentionLossConfig] | None:
+    """``(actor config, attention config)`` bound into veRL's ``partial(ppo_loss, config=actor_config)``.
 
     ``None`` when the loss function carries no MAPO policy-loss config.
     """
     actor_config = getattr(loss_function, "keywords", {}).get("config")
     mapo = getattr(getattr(actor_config, "policy_loss", None), "mapo", None)
-    return (actor_config, mapo) if isinstance(mapo, MAPOConfig) else None
+    return (actor_config, mapo.attention) if isinstance(mapo, MAPOConfig) else None
 
 
-def require_attention_fields(data, coef: float) -> None:
+def require_attention_fields(data: TensorDict, coef: float) -> None:
     """Fail naming the fields when η > 0 but the actor batch lacks the trainer's coefficients."""
     missing = [name for name in (COEF_FIELD, GATE_FIELD) if name not in data.keys()]
     if missing:
@@ -52,7 +63,7 @@ def require_attention_fields(data, coef: float) -> None:
         )
 
 
-def response_width(data) -> int:
+def response_width(data: TensorDict) -> int:
     """The micro-batch's padded response width: its longest response (veRL's ``response_mask``)."""
     mask = data["response_mask"]
     return int(mask.offsets().diff().max()) if mask.is_nested else mask.shape[-1]
@@ -87,7 +98,7 @@ def rows_with_audio(input_ids: torch.Tensor, audio_ids: tuple[int, ...]) -> torc
     return audio_keys_per_row(input_ids, audio_ids) > 0
 
 
-def branch_masks(data, audio_ids: tuple[int, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def branch_masks(data: TensorDict, audio_ids: tuple[int, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(valid, gated)`` ``[B, width]``: response tokens of rows with audio, and the gated ones among them.
 
     Rows without an audio token are left out of the branch: they count in neither ``G`` nor
@@ -99,7 +110,7 @@ def branch_masks(data, audio_ids: tuple[int, ...], width: int) -> tuple[torch.Te
     return valid, gated
 
 
-def check_coefficients(data, gated: torch.Tensor) -> None:
+def check_coefficients(data: TensorDict, gated: torch.Tensor) -> None:
     """The trainer's ``c_t`` must be finite and ≥ 0 where the branch reads them (once per mini-batch)."""
     coef = dense_response_field(data[COEF_FIELD], gated.shape[-1], COEF_FIELD)
     check_finite_where(coef, gated, COEF_FIELD)
@@ -107,7 +118,7 @@ def check_coefficients(data, gated: torch.Tensor) -> None:
         raise ValueError(f"{COEF_FIELD} must be >= 0 at gated positions (c_t = gate·(t/T)^κ·ν̃·pos)")
 
 
-def global_branch_counts(valid: torch.Tensor, gated: torch.Tensor, group, device) -> tuple[float, float]:
+def global_branch_counts(valid: torch.Tensor, gated: torch.Tensor, group: Any, device: Any) -> tuple[float, float]:
     """``G`` (responses in the branch) and ``N`` (gated tokens) of the mini-batch, summed over ``group``."""
     counts = torch.stack([valid.any(dim=-1).sum(), gated.sum()]).to(device=device, dtype=torch.float64)
     if dist.is_initialized():
@@ -137,7 +148,7 @@ class MassStatistics:
         self.counts = torch.zeros(NUM_DECILES, dtype=torch.float64)
         self.extra = torch.zeros(self._EXTRA, dtype=torch.float64)
 
-    def add(self, mass: torch.Tensor, valid: torch.Tensor, data, audio_ids: tuple[int, ...]) -> None:
+    def add(self, mass: torch.Tensor, valid: torch.Tensor, data: TensorDict, audio_ids: tuple[int, ...]) -> None:
         """Add a micro-batch: ``mass`` and ``valid`` ``[B, T]`` response-aligned, ``data`` its batch."""
         mass, valid = mass.detach().cpu(), valid.cpu()
         sums, counts = sums_by_decile(mass, valid)
@@ -172,3 +183,44 @@ class MassStatistics:
                 metrics[f"{AUDIO_MASS_METRIC}_{name}"] = float(extra[offset] / extra[offset + 1])
         metrics.update(position_metrics(AUDIO_MASS_METRIC, sums, counts))
         return metrics
+
+
+class AttentionBranch:
+    """MAPO's attention branch over one mini-batch of the policy update, for either engine.
+
+    :meth:`begin` runs once per ``forward_backward_batch``: it checks the trainer's fields,
+    masks the rows that hold audio and sums ``G`` / ``N`` over ``group`` (data-parallel ranks).
+    :meth:`objective` runs per micro-batch on ``a_t`` at response positions (aligned like
+    ``log_probs``) and adds the micro-batch to the audio-mass statistics.
+    """
+
+    def __init__(self, attention: AttentionLossConfig, actor_config: Any, audio_ids: tuple[int, ...],
+                 num_sequences: float, num_tokens: float):
+        self.attention = attention
+        self.loss_agg_mode: str = actor_config.loss_agg_mode
+        # veRL's seq-mean-token-sum-norm divides by loss_scale_factor, else by the padded response width
+        self.horizon: int | None = getattr(actor_config, "loss_scale_factor", None)
+        self.audio_ids = audio_ids
+        self.num_sequences, self.num_tokens = num_sequences, num_tokens
+        self.statistics = MassStatistics()
+
+    @classmethod
+    def begin(cls, data: TensorDict, attention: AttentionLossConfig, actor_config: Any, audio_ids: tuple[int, ...],
+              group: Any, device: Any) -> "AttentionBranch":
+        """Check the mini-batch ``data`` and count its ``G`` (responses in the branch) and ``N`` (gated tokens)."""
+        require_attention_fields(data, attention.coef)
+        valid, gated = branch_masks(data, audio_ids, response_width(data))
+        check_coefficients(data, gated)
+        return cls(attention, actor_config, audio_ids, *global_branch_counts(valid, gated, group, device))
+
+    def objective(self, mass: torch.Tensor, micro_batch: TensorDict, dp_size: int) -> torch.Tensor:
+        """``L_attn`` (without η) of one micro-batch from its response-aligned audio mass ``[B, ≥T]``."""
+        width = response_width(micro_batch)
+        mass = dense_response_field(mass, width, "audio mass")
+        valid, gated = branch_masks(micro_batch, self.audio_ids, width)
+        loss = attention_objective_from_coefficients(
+            mass, dense_response_field(micro_batch[COEF_FIELD], width, COEF_FIELD), gated, eps=self.attention.eps,
+            loss_agg_mode=self.loss_agg_mode, num_sequences=self.num_sequences, num_tokens=self.num_tokens,
+            horizon=self.horizon, dp_size=dp_size)
+        self.statistics.add(mass, valid, micro_batch, self.audio_ids)
+        return loss

@@ -34,7 +34,8 @@ divided by that over the first 20 %; < 1 means the response listens less as it g
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed
@@ -48,41 +49,25 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from mapo_verl.audio_inputs import audio_key_mask, audio_key_token_ids
 from mapo_verl.config import AttentionLossConfig
-from mapo_verl.core import attention_objective_from_coefficients
-from mapo_verl.core.contract import ATTN_LOSS_METRIC, COEF_FIELD, CONFIG_PREFIX, MAPO_ENGINE_VENDOR
+from mapo_verl.core.contract import ATTN_LOSS_METRIC, CONFIG_PREFIX, MAPO_ENGINE_VENDOR
 from mapo_verl.hf import AudioMassProbe, MassCapture
-from mapo_verl.verl_ext.attention_branch import (
-    MassStatistics,
-    bound_configs,
-    branch_masks,
-    check_coefficients,
-    dense_response_field,
-    response_width,
-    global_branch_counts,
-    require_attention_fields,
-)
+from mapo_verl.verl_ext.attention_branch import AttentionBranch, MassStatistics, attention_settings
 
 __all__ = ["MAPOFSDPEngineWithLMHead"]
 
 
 @dataclass
 class _AttentionStep:
-    """What one ``forward_backward_batch`` of the policy update needs across its micro-batches."""
+    """One ``forward_backward_batch`` of the policy update: the branch, and the current micro-batch's capture."""
 
-    config: AttentionLossConfig
-    loss_agg_mode: str
-    horizon: int | None
-    audio_ids: tuple[int, ...]
-    num_sequences: float
-    num_tokens: float
+    branch: AttentionBranch
     capture: MassCapture | None = None
     pad_size: int = 0
     padded_attention_mask: torch.Tensor | None = None
-    statistics: MassStatistics = field(default_factory=MassStatistics)
 
-    def mass_metrics(self, dp_group) -> dict[str, Metric]:
+    def mass_metrics(self, dp_group: Any) -> dict[str, Metric]:
         """Global (all dp ranks) audio-mass metrics of this mini-batch; one collective."""
-        totals = self.statistics.packed().to(get_device_id())
+        totals = self.branch.statistics.packed().to(get_device_id())
         torch.distributed.all_reduce(totals, op=torch.distributed.ReduceOp.SUM, group=dp_group)
         return {
             key: Metric(aggregation=AggregationType.MEAN, value=value)
@@ -101,11 +86,11 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
 
     # --- batch level -------------------------------------------------------------------
 
-    def forward_backward_batch(self, data: TensorDict, loss_function, forward_only=False):
-        configs = None if forward_only else bound_configs(loss_function)
-        if configs is None or not configs[1].attention.enabled:
+    def forward_backward_batch(self, data: TensorDict, loss_function: Callable, forward_only: bool = False) -> dict:
+        settings = None if forward_only else attention_settings(loss_function)
+        if settings is None or not settings[1].enabled:
             return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
-        actor_config, attention = configs[0], configs[1].attention
+        actor_config, attention = settings
         step = self._begin_attention_step(data, actor_config, attention)
         with self._probe(attention).installed():
             self._mapo_step = step
@@ -124,7 +109,8 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             self._mapo_probes[key] = AudioMassProbe(self.module, attention.layers, head_reduce=attention.head_reduce)
         return self._mapo_probes[key]
 
-    def _begin_attention_step(self, data: TensorDict, actor_config, attention: AttentionLossConfig) -> _AttentionStep:
+    def _begin_attention_step(self, data: TensorDict, actor_config: Any, attention: AttentionLossConfig
+                              ) -> _AttentionStep:
         if self.ulysses_sequence_parallel_size > 1:
             raise NotImplementedError(
                 f"{CONFIG_PREFIX}.attention.coef > 0 is not supported with Ulysses sequence parallelism "
@@ -133,30 +119,18 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             )
         if tu.get_non_tensor_data(data=data, key="distillation_use_topk", default=False):
             raise NotImplementedError(f"{CONFIG_PREFIX}.attention.coef > 0 cannot be combined with top-k distillation")
-        require_attention_fields(data, attention.coef)
         audio_ids = audio_key_token_ids(self.module, attention.include_audio_markers)
-        valid, gated = branch_masks(data, audio_ids, response_width(data))
-        check_coefficients(data, gated)
-        # G counts the responses the branch applies to (as core.attention_objective), N the gated tokens.
-        num_sequences, num_tokens = global_branch_counts(valid, gated, self.get_data_parallel_group(),
-                                                         get_device_id())
-        return _AttentionStep(
-            config=attention,
-            loss_agg_mode=actor_config.loss_agg_mode,
-            horizon=getattr(actor_config, "loss_scale_factor", None),
-            audio_ids=audio_ids,
-            num_sequences=num_sequences,
-            num_tokens=num_tokens,
-        )
+        return _AttentionStep(AttentionBranch.begin(data, attention, actor_config, audio_ids,
+                                                    self.get_data_parallel_group(), get_device_id()))
 
     # --- micro-batch level ---------------------------------------------------------------
 
-    def prepare_model_inputs(self, micro_batch: TensorDict):
+    def prepare_model_inputs(self, micro_batch: TensorDict) -> tuple[dict, dict]:
         model_inputs, output_args = super().prepare_model_inputs(micro_batch)
         step = self._mapo_step
         if step is not None:
             input_ids = model_inputs["input_ids"]
-            audio = audio_key_mask(input_ids, step.audio_ids)
+            audio = audio_key_mask(input_ids, step.branch.audio_ids)
             attention_mask = model_inputs.get("attention_mask")
             if attention_mask is not None:  # padded layout [B, S]
                 audio &= attention_mask.bool()
@@ -164,10 +138,10 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             if step.pad_size:  # packed layout: veRL's bucket padding is never audio
                 audio[..., -step.pad_size:] = False
             step.padded_attention_mask = attention_mask
-            step.capture = self._probe(step.config).begin(audio)
+            step.capture = self._probe(step.branch.attention).begin(audio)
         return model_inputs, output_args
 
-    def forward_step(self, micro_batch: TensorDict, loss_function, forward_only):
+    def forward_step(self, micro_batch: TensorDict, loss_function: Callable, forward_only: bool):
         if self._mapo_step is None or forward_only:
             return super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
         with_attention = functools.partial(self._loss_with_attention, loss_function, self._mapo_step)
@@ -175,32 +149,16 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
 
     def _response_mass(self, step: _AttentionStep, data: TensorDict) -> torch.Tensor:
         """``a`` of this micro-batch at response positions ``[B, T]``, aligned like ``log_probs``."""
-        mass = step.capture.mass(step.config.layer_reduce)
+        mass = step.capture.mass(step.branch.attention.layer_reduce)
         if step.padded_attention_mask is None:  # packed [1, total_nnz + pad]
             values = self._gather_and_unpad_packed(mass[0], step.pad_size)
         else:  # padded [B, max_len], right-padded rows
             values = mass[step.padded_attention_mask.bool()]
         return no_padding_2_padding(values, data)
 
-    def _loss_with_attention(self, loss_function, step: _AttentionStep, *, model_output, data: TensorDict,
-                             dp_group=None):
+    def _loss_with_attention(self, loss_function: Callable, step: _AttentionStep, *, model_output: dict,
+                             data: TensorDict, dp_group: Any = None) -> tuple[torch.Tensor, dict]:
         loss, metrics = loss_function(model_output=model_output, data=data, dp_group=dp_group)
-        width = response_width(data)
-        mass = dense_response_field(self._response_mass(step, data), width, "audio mass")
-        # veRL's seq-mean-token-sum-norm divides by loss_scale_factor, else by its padded response width.
-        horizon = step.horizon if step.horizon is not None else width
-        valid, gated = branch_masks(data, step.audio_ids, width)
-        attn_loss = attention_objective_from_coefficients(
-            mass,
-            dense_response_field(data[COEF_FIELD], width, COEF_FIELD),
-            gated,
-            eps=step.config.eps,
-            loss_agg_mode=step.loss_agg_mode,
-            num_sequences=step.num_sequences,
-            num_tokens=step.num_tokens,
-            horizon=horizon,
-            dp_size=data["dp_size"],
-        )
-        step.statistics.add(mass, valid, data, step.audio_ids)
+        attn_loss = step.branch.objective(self._response_mass(step, data), data, data["dp_size"])
         metrics[ATTN_LOSS_METRIC] = Metric(value=attn_loss.detach(), aggregation=AggregationType.SUM)
-        return loss + step.config.coef * attn_loss, metrics
+        return loss + step.branch.attention.coef * attn_loss, metrics

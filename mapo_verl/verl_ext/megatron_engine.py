@@ -53,11 +53,12 @@ from __future__ import annotations
 
 import inspect
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as mpu
+from tensordict import TensorDict
 from verl.models.mcore.util import (
     postprocess_bshd_engine,
     postprocess_thd_engine,
@@ -73,30 +74,13 @@ from verl.workers.engine.megatron.transformer_impl import MegatronEngineWithLMHe
 from verl.workers.utils.padding import no_padding_2_padding
 
 from mapo_verl.audio_inputs import AUDIO_MODEL_KEYS, audio_key_mask, audio_key_token_ids
-from mapo_verl.core import attention_objective_from_coefficients
+from mapo_verl.config import AttentionLossConfig
 from mapo_verl.core.contract import ATTN_LOSS_METRIC, COEF_FIELD, CONFIG_PREFIX, MAPO_ENGINE_VENDOR
 from mapo_verl.megatron.attention_hook import AudioMassHook, AudioMassRequest, sum_over_pipeline
 from mapo_verl.patches.megatron_bridge import computes_own_positions
-from mapo_verl.verl_ext.attention_branch import (
-    MassStatistics,
-    bound_configs,
-    branch_masks,
-    check_coefficients,
-    dense_response_field,
-    response_width,
-    global_branch_counts,
-    require_attention_fields,
-)
+from mapo_verl.verl_ext.attention_branch import AttentionBranch, MassStatistics, attention_settings
 
 __all__ = ["MAPOMegatronEngine"]
-
-
-class _StepRecord:
-    """Per ``forward_backward_batch``: attention-loss values and audio-mass statistics of this rank."""
-
-    def __init__(self):
-        self.losses: list[float] = []
-        self.statistics = MassStatistics()
 
 
 @EngineRegistry.register(model_type="language_model", backend="megatron", device=["cuda", "cpu"],
@@ -112,38 +96,33 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
 
     _mapo_hook: AudioMassHook | None = None
     _mapo_hook_key: tuple | None = None
-    _mapo_step: _StepRecord | None = None
-    _mapo_attention = None
-    _mapo_actor_config: Any = None
-    _mapo_counts: list[float] | None = None
+    # per forward_backward_batch of the policy update: the branch, and this rank's L_attn per micro-batch
+    _mapo_branch: AttentionBranch | None = None
+    _mapo_losses: list[float] | None = None
 
     # ------------------------------------------------------------------ step
-    def forward_backward_batch(self, data, loss_function, forward_only=False):
-        configs = None if forward_only else bound_configs(loss_function)
-        if configs is None and not forward_only and COEF_FIELD in data.keys():
+    def forward_backward_batch(self, data: TensorDict, loss_function: Callable, forward_only: bool = False) -> dict:
+        settings = None if forward_only else attention_settings(loss_function)
+        if settings is None and not forward_only and COEF_FIELD in data.keys():
             raise ValueError(f"the batch carries {COEF_FIELD!r} but the loss function has no MAPO config: the "
                              f"actor's loss must be partial(ppo_loss, config=actor_config) with {CONFIG_PREFIX} set")
-        if configs is None or not configs[1].attention.enabled:
-            self._mapo_step = None
+        if settings is None or not settings[1].enabled:
+            self._mapo_branch = None
             return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
-        actor_config, attention = configs[0], configs[1].attention
-        require_attention_fields(data, attention.coef)
-        self._install_hook(attention)
+        actor_config, attention = settings
         audio_ids = audio_key_token_ids(self.model_config.hf_config, attention.include_audio_markers)
-        valid, gated = branch_masks(data, audio_ids, response_width(data))
-        check_coefficients(data, gated)
-        # G and N of the mini-batch, summed over data-parallel ranks (as on the FSDP path).
-        self._mapo_counts = global_branch_counts(valid, gated, self.get_data_parallel_group(), get_device_id())
-        self._mapo_actor_config = actor_config
-        self._mapo_attention, self._mapo_step = attention, _StepRecord()
+        branch = AttentionBranch.begin(data, attention, actor_config, audio_ids, self.get_data_parallel_group(),
+                                       get_device_id())
+        self._install_hook(attention)
+        self._mapo_branch, self._mapo_losses = branch, []
         try:
             output = super().forward_backward_batch(data, loss_function, forward_only=False)
             self._report(output, tu.get_non_tensor_data(data, key="num_micro_batch", default=0))
         finally:
-            self._mapo_step = None
+            self._mapo_branch = None
         return output
 
-    def _install_hook(self, attention) -> None:
+    def _install_hook(self, attention: AttentionLossConfig) -> None:
         key = (tuple(attention.layers), attention.head_reduce, attention.layer_reduce, attention.coef)
         if self._mapo_hook is not None and self._mapo_hook_key == key:
             return
@@ -156,10 +135,10 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
 
     def _report(self, output: dict, num_micro_batch: int) -> None:
         """Reduce this step's values over PP and DP (every rank) and add them to the logging rank's metrics."""
-        step = self._mapo_step
-        losses = torch.zeros(max(num_micro_batch, len(step.losses)), dtype=torch.float64, device=get_device_id())
-        losses[: len(step.losses)] = torch.tensor(step.losses, dtype=torch.float64)
-        totals = sum_over_pipeline(torch.cat([losses, step.statistics.packed().to(losses.device)]))
+        local = self._mapo_losses
+        losses = torch.zeros(max(num_micro_batch, len(local)), dtype=torch.float64, device=get_device_id())
+        losses[: len(local)] = torch.tensor(local, dtype=torch.float64)
+        totals = sum_over_pipeline(torch.cat([losses, self._mapo_branch.statistics.packed().to(losses.device)]))
         losses, statistics = totals[: losses.numel()], totals[losses.numel():].clone()
         if dist.is_initialized():
             dist.all_reduce(statistics, group=self.get_data_parallel_group())
@@ -173,21 +152,22 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
         )
 
     # ------------------------------------------------------------------ per micro-batch
-    def forward_step(self, batch_iter: Iterator, model, logits_processor_func, postprocess_micro_batch_func):
+    def forward_step(self, batch_iter: Iterator, model: torch.nn.Module, logits_processor_func: Callable,
+                     postprocess_micro_batch_func: Callable) -> Any:
         batch = next(batch_iter)
         chunk_index = next(i for i, chunk in enumerate(self.module) if chunk is model)
         with ExitStack() as stack:
             stack.enter_context(self._audio_inputs(model, batch))
-            if self._mapo_step is not None and self._mapo_hook.owns(chunk_index):
+            if self._mapo_branch is not None and self._mapo_hook.owns(chunk_index):
                 request = self._attention_request(model, batch.to(get_device_id()))
                 stack.enter_context(self._mapo_hook.attach(chunk_index, request))
             result = super().forward_step(iter([batch]), model, logits_processor_func, postprocess_micro_batch_func)
-        if self._mapo_step is not None and self._mapo_hook.owns(chunk_index):
-            self._mapo_step.losses.append(float(request.loss))
+        if self._mapo_branch is not None and self._mapo_hook.owns(chunk_index):
+            self._mapo_losses.append(float(request.loss))
         return result
 
     @contextmanager
-    def _audio_inputs(self, model, batch):
+    def _audio_inputs(self, model: torch.nn.Module, batch: TensorDict) -> Iterator[None]:
         """Add the batch's audio features to the model call made inside the block."""
         multi_modal = self.prepare_model_inputs(batch)["multi_modal_inputs"]
         audio = {k: v for k, v in multi_modal.items() if k in AUDIO_MODEL_KEYS}
@@ -213,13 +193,12 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
         finally:
             handle.remove()
 
-    def _attention_request(self, model, batch) -> AudioMassRequest:
+    def _attention_request(self, model: torch.nn.Module, batch: TensorDict) -> AudioMassRequest:
         """The micro-batch's audio keys in the model's token layout and its objective (module docstring)."""
-        attention = self._mapo_attention
+        branch = self._mapo_branch
         top = unwrap_model(model)
         input_ids = batch["input_ids"]
-        audio_ids = audio_key_token_ids(self.model_config.hf_config, attention.include_audio_markers)
-        audio = audio_key_mask(input_ids.values(), audio_ids).to(input_ids.dtype)
+        audio = audio_key_mask(input_ids.values(), branch.audio_ids).to(input_ids.dtype)
         audio = torch.nested.nested_tensor_from_jagged(audio, offsets=input_ids.offsets())
         use_fp8_padding = top.config.fp8 in ["e4m3", "hybrid"]
         local_cp_size = tu.get_non_tensor_data(batch, key="local_cp_size", default=None)
@@ -248,22 +227,11 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
             def to_sequences(mass):
                 return postprocess_bshd_engine(mass, bshd_mask, post_process=True)
 
-        num_sequences, num_tokens = self._mapo_counts
         dp_size = tu.get_non_tensor_data(batch, key="dp_size", default=1)
-        actor_config = self._mapo_actor_config
-        step = self._mapo_step
 
         def objective(mass: torch.Tensor) -> torch.Tensor:
-            width = response_width(batch)
-            # [B, T_resp], aligned with log_probs
-            per_token = dense_response_field(no_padding_2_padding(to_sequences(mass), batch), width, "audio mass")
-            valid, gated = branch_masks(batch, audio_ids, width)
-            coef = dense_response_field(batch[COEF_FIELD], width, COEF_FIELD)
-            step.statistics.add(per_token, valid, batch, audio_ids)
-            return attention_objective_from_coefficients(
-                per_token, coef, gated, eps=attention.eps, loss_agg_mode=actor_config.loss_agg_mode,
-                num_sequences=num_sequences, num_tokens=num_tokens,
-                horizon=actor_config.loss_scale_factor, dp_size=dp_size)
+            # a_t at response positions [B, T_resp], aligned with log_probs
+            return branch.objective(no_padding_2_padding(to_sequences(mass), batch), batch, dp_size)
 
         if self.tf_config is not None and self.tf_config.calculate_per_token_loss:
             routed = tu.get_non_tensor_data(batch, key="routed_num_tokens", default=None)
