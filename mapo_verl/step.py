@@ -5,9 +5,11 @@ compose the math core (no formula is re-derived here):
 
 1. :func:`relevance_for_batch` — Δh, ω̃ and ν̃ for a batch, with ω̃ ≡ 1 and no attention
    weight for samples that carry no audio;
-2. :func:`attention_fields_for_batch` — the per-token coefficients ``c_t`` and gate mask
+2. :func:`folded_advantages` — GRPO's advantages with ω̃ folded in (docs/DESIGN.md, "ω̃ enters
+   through the advantages"), at zero weight in attention-only mode;
+3. :func:`attention_fields_for_batch` — the per-token coefficients ``c_t`` and gate mask
    the actor engines need for L_attn, from ν̃, the POS gate, failures and |Â|;
-3. :func:`relevance_metrics` — the ``mapo/*`` numbers for the tracker.
+4. :func:`relevance_metrics` — the ``mapo/*`` numbers for the tracker.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from mapo_verl.core import attention_token_coefficients, position_metrics, relevance_weights, sums_by_decile
+from mapo_verl.core import (
+    attention_token_coefficients,
+    fold_relevance_into_advantages,
+    position_metrics,
+    relevance_weights,
+    sums_by_decile,
+)
 from mapo_verl.core.checks import as_bool_mask, check_per_sequence
 from mapo_verl.core.contract import DELTA_H_METRIC
 
@@ -26,6 +34,7 @@ if TYPE_CHECKING:  # the config module imports veRL; this one does not
 __all__ = [
     "BatchRelevance",
     "relevance_for_batch",
+    "folded_advantages",
     "sequence_advantage_magnitude",
     "attention_fields_for_batch",
     "relevance_metrics",
@@ -65,6 +74,21 @@ def relevance_for_batch(
     delta_h = torch.where(mask, entropy_ablated.float() - entropy_policy.float(), torch.zeros_like(omega))
     return BatchRelevance(delta_h=delta_h, omega=omega, nu=nu, response_mask=mask, has_audio=audio,
                           pos_gate=None if pos_gate is None else as_bool_mask(pos_gate, "pos_gate", mask.shape))
+
+
+def folded_advantages(relevance: BatchRelevance, grpo_advantages: torch.Tensor, response_mask: torch.Tensor,
+                      loss_agg_mode: str, *, attention_only: bool = False) -> torch.Tensor:
+    """The advantages the actor trains on: GRPO's with ω̃ folded in for ``loss_agg_mode`` over
+    ``response_mask`` (the batch's, after veRL's advantage step); exactly 0 with ``attention_only``
+    (the PG term at zero weight, docs/DESIGN.md)."""
+    if relevance.omega.shape != grpo_advantages.shape:
+        raise ValueError(
+            f"relevance weights have shape {tuple(relevance.omega.shape)} but the batch's advantages "
+            f"{tuple(grpo_advantages.shape)}: the ablated pass and the advantage step saw different batches"
+        )
+    folded = fold_relevance_into_advantages(grpo_advantages, relevance.omega.to(grpo_advantages.device),
+                                            response_mask, loss_agg_mode=loss_agg_mode)
+    return folded * 0.0 if attention_only else folded
 
 
 def sequence_advantage_magnitude(advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

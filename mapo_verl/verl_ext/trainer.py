@@ -18,7 +18,9 @@ import time
 import ray
 import torch
 import transfer_queue as tq
+from omegaconf import DictConfig
 from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.utils import Role, need_reference_policy
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -27,11 +29,9 @@ from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from mapo_verl.config import TOTAL_SCORE_KEY, mapo_config_from
-from mapo_verl.pos_gate import PartOfSpeechGate
-from mapo_verl.step import attention_fields_for_batch, relevance_for_batch, relevance_metrics
-from mapo_verl.verl_ext.advantage import RelevanceInputs, provide_relevance
 from mapo_verl.core.contract import (
     ABLATED_ENTROPY_FIELD,
+    ABLATION_SEED_KEY,
     COEF_FIELD,
     CONFIG_PREFIX,
     FAILED_FIELD,
@@ -39,14 +39,23 @@ from mapo_verl.core.contract import (
     HAS_AUDIO_FIELD,
     MAPO_TRAINER_MODE,
 )
-from mapo_verl.verl_ext.worker import ABLATION_REQUEST_KEYS, MAPOActorRolloutRefWorker
+from mapo_verl.pos_gate import PartOfSpeechGate
+from mapo_verl.step import (
+    BatchRelevance,
+    attention_fields_for_batch,
+    folded_advantages,
+    relevance_for_batch,
+    relevance_metrics,
+)
+from mapo_verl.verl_ext.advantage import grpo_advantage_step
+from mapo_verl.verl_ext.worker import MAPOActorRolloutRefWorker
 
 __all__ = ["MAPOTrainer"]
 
 _WORKER_ROLES = (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef, Role.RefPolicy)
 
 
-def _lora_base_is_reference(config) -> bool:
+def _lora_base_is_reference(config: DictConfig) -> bool:
     """veRL's rule: with LoRA the actor's base weights serve as the reference model."""
     model = config.actor_rollout_ref.model
     lora_rank = model.get("lora", {}).get("rank", 0)
@@ -84,7 +93,7 @@ def _task_failed(data: TensorDict, key: str) -> torch.Tensor:
 class MAPOTrainer(PPOTrainerSync):
     """veRL's synchronous trainer plus the ablated pass and MAPO's advantage step."""
 
-    def __init__(self, config):
+    def __init__(self, config: DictConfig):
         self.mapo = mapo_config_from(config)
         self._lora_reference = _lora_base_is_reference(config)
         super().__init__(config)
@@ -105,7 +114,7 @@ class MAPOTrainer(PPOTrainerSync):
         if value != MAPO_TRAINER_MODE:
             raise ValueError(f"MAPOTrainer runs with trainer.v1.trainer_mode={MAPO_TRAINER_MODE}, got {value!r}")
 
-    def _init_resource_pool_mgr(self):
+    def _init_resource_pool_mgr(self) -> None:
         super()._init_resource_pool_mgr()
         if self._ablation_on_ref_model and not need_reference_policy(self.config):
             if Role.ActorRollout in self.role_worker_mapping:
@@ -120,7 +129,7 @@ class MAPOTrainer(PPOTrainerSync):
 
     # ------------------------------------------------------------------ steps
 
-    def _compute_old_log_prob(self, batch, metrics):
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         start = time.perf_counter()
         batch = super()._compute_old_log_prob(batch, metrics)
         old_log_prob_s = time.perf_counter() - start
@@ -132,13 +141,14 @@ class MAPOTrainer(PPOTrainerSync):
         metrics["mapo/ablated_over_old_log_prob"] = ablated_s / max(old_log_prob_s, 1e-9)
         return batch
 
-    def _run_ablated_pass(self, batch) -> None:
-        """One no-grad forward with the audio removed; stores ``mapo_ablated_entropy`` per response."""
+    def _run_ablated_pass(self, batch: KVBatchMeta) -> None:
+        """One no-grad forward with the audio removed; stores ``mapo_ablated_entropy`` per response.
+
+        The worker reads the ablation's static settings (mode, noise scale, scope) from its own config;
+        only the per-step noise seed travels with the batch.
+        """
         request = {
-            "mapo_ablation": self.mapo.ablation,
-            "mapo_noise_scale": self.mapo.noise_scale,
-            "mapo_seed": int(self.global_steps),
-            "mapo_modality_scope": self.mapo.text_only_modality_scope,
+            ABLATION_SEED_KEY: int(self.global_steps),
             "calculate_entropy": True,
             "compute_loss": False,
             "temperature": self.config.actor_rollout_ref.rollout.temperature,
@@ -155,7 +165,7 @@ class MAPOTrainer(PPOTrainerSync):
                 output = self.actor_rollout_wg.compute_ablated_entropy_actor(batch)
             assert len(output) == len(batch)
         finally:
-            for key in (*ABLATION_REQUEST_KEYS, "no_lora_adapter"):
+            for key in (ABLATION_SEED_KEY, "no_lora_adapter"):
                 batch.extra_info.pop(key, None)
         data = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=[ABLATED_ENTROPY_FIELD, "response_mask"]
@@ -163,45 +173,54 @@ class MAPOTrainer(PPOTrainerSync):
         data[ABLATED_ENTROPY_FIELD] = response_from_nested(data.pop(ABLATED_ENTROPY_FIELD), data["response_mask"])
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=data.select(ABLATED_ENTROPY_FIELD))
 
-    def _compute_ref_log_prob(self, batch, metrics):
+    def _compute_ref_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         # The reference may exist only for the ablated pass: no KL term, no ref log-probs.
         if not need_reference_policy(self.config):
             return batch
         return super()._compute_ref_log_prob(batch, metrics)
 
-    def _compute_advantage(self, batch, metrics):
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """ω̃ from the ablated pass, veRL's GRPO step, then the folded advantages and the attention fields.
+
+        Data flows one way: the inputs come from the batch, veRL writes GRPO's advantages to the
+        batch, and this step reads them back and writes the advantages the actor trains on.
+        """
         fields = ["response_mask", "entropy", ABLATED_ENTROPY_FIELD, HAS_AUDIO_FIELD, "responses", "rm_scores",
                   "extra_fields"]
         nested = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         nested_response_mask = nested["response_mask"]
         data = nested.to_padded_tensor()
-        attention_on = self.mapo.attention.enabled
         relevance = relevance_for_batch(
             data["entropy"], data[ABLATED_ENTROPY_FIELD], data["response_mask"], data[HAS_AUDIO_FIELD], self.mapo,
-            pos_gate=self._content_word_gate(data, metrics) if attention_on else None,
+            pos_gate=self._content_word_gate(data, metrics) if self.mapo.attention.enabled else None,
         )
-        inputs = RelevanceInputs(omega=relevance.omega, loss_agg_mode=self.config.actor_rollout_ref.actor.loss_agg_mode,
-                                 batch_keys=list(batch.keys), pg_weight=0.0 if self.mapo.attention_only else 1.0)
-        with provide_relevance(inputs):
+        with grpo_advantage_step(self.config):
             batch = super()._compute_advantage(batch, metrics)
+        # veRL's rollout correction may have masked tokens out: fold over the mask it left
+        after = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                                select_fields=["advantages", "response_mask"]).to_padded_tensor()
+        grpo = after["advantages"]
+        advantages = folded_advantages(relevance, grpo, after["response_mask"],
+                                       self.config.actor_rollout_ref.actor.loss_agg_mode,
+                                       attention_only=self.mapo.attention_only)
+        output = {"advantages": advantages}
+        if self.mapo.attention.enabled:
+            output.update(self._attention_fields(data, relevance, grpo, metrics))
         metrics.update(relevance_metrics(relevance, self.mapo.mask_cap))
-        if attention_on:
-            failed = _task_failed(data, self.mapo.task_reward_key)
-            coefficients, gate = attention_fields_for_batch(relevance, inputs.grpo_advantages, failed, self.mapo)
-            metrics["mapo/attn_gated_token_frac"] = float(gate.sum() / relevance.response_mask.sum().clamp(min=1))
-            output = TensorDict(
-                {
-                    COEF_FIELD: response_to_nested(coefficients, nested_response_mask),
-                    GATE_FIELD: response_to_nested(gate.to(torch.int64), nested_response_mask),
-                    FAILED_FIELD: response_to_nested(failed[:, None].expand_as(gate).to(torch.int64),
-                                                     nested_response_mask),
-                },
-                batch_size=len(batch),
-            )
-            batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
-        return batch
+        output = TensorDict({key: response_to_nested(value, nested_response_mask) for key, value in output.items()},
+                            batch_size=len(batch))
+        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
-    def _update_actor(self, batch, metrics):
+    def _attention_fields(self, data: TensorDict, relevance: BatchRelevance, grpo_advantages: torch.Tensor,
+                          metrics: dict) -> dict[str, torch.Tensor]:
+        """The response-aligned fields the actor engines read for ``η·L_attn`` (:mod:`mapo_verl.core.contract`)."""
+        failed = _task_failed(data, self.mapo.task_reward_key)
+        coefficients, gate = attention_fields_for_batch(relevance, grpo_advantages, failed, self.mapo)
+        metrics["mapo/attn_gated_token_frac"] = float(gate.sum() / relevance.response_mask.sum().clamp(min=1))
+        return {COEF_FIELD: coefficients, GATE_FIELD: gate.to(torch.int64),
+                FAILED_FIELD: failed[:, None].expand_as(gate).to(torch.int64)}
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._update_actor(batch, metrics)
         # veRL prefixes every engine metric with "actor/"; MAPO's keep their own namespace.
         for key in [k for k in metrics if k.startswith("actor/mapo/")]:

@@ -18,31 +18,36 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from typing import Iterator
 
 import torch
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 
 from mapo_verl.audio_inputs import ablate_audio, has_audio
-from mapo_verl.config import mapo_config_from
-from mapo_verl.core.contract import ABLATED_ENTROPY_FIELD, CONFIG_PREFIX, HAS_AUDIO_FIELD, MAPO_ENGINE_VENDOR
+from mapo_verl.config import MAPOConfig, mapo_config_from
+from mapo_verl.core.contract import (
+    ABLATED_ENTROPY_FIELD,
+    ABLATION_SEED_KEY,
+    CONFIG_PREFIX,
+    HAS_AUDIO_FIELD,
+    MAPO_ENGINE_VENDOR,
+)
 from mapo_verl.verl_ext.text_reference import TEXT_REF_MESH, build_text_reference
 
 __all__ = [
-    "ABLATION_REQUEST_KEYS",
     "MAPOTrainingWorker",
     "MAPOActorRolloutRefWorker",
     "ablate_batch",
 ]
 
-# Non-tensor request entries the trainer puts into the batch's extra_info.
-ABLATION_REQUEST_KEYS = ("mapo_ablation", "mapo_noise_scale", "mapo_seed", "mapo_modality_scope")
 
 
 @contextmanager
-def _engine_vendor(vendor: str):
+def _engine_vendor(vendor: str) -> Iterator[None]:
     """Select engines registered under ``vendor`` for the constructions inside the block.
 
     veRL's ``EngineRegistry`` reads ``VERL_ENGINE_VENDOR`` at construction time; a backend
@@ -63,32 +68,32 @@ def _engine_vendor(vendor: str):
 class MAPOTrainingWorker(TrainingWorker):
     """veRL's TrainingWorker whose engine is MAPO's for the backend when one is registered."""
 
-    def __init__(self, config):
+    def __init__(self, config: DictConfig):
         with _engine_vendor(MAPO_ENGINE_VENDOR):
             super().__init__(config)
 
 
-def ablate_batch(data: TensorDict) -> torch.Tensor:
-    """Remove the audio from every sample of a worker batch, in place, as its extra_info requests.
+def ablate_batch(data: TensorDict, mapo: MAPOConfig) -> torch.Tensor:
+    """Remove the audio from every sample of a worker batch, in place, as ``mapo`` (the worker's own
+    config) says: ablation mode, noise scale, modality scope.
 
-    Pops the request keys and rewrites ``multi_modal_inputs``. Returns ``[B]`` int64 flags:
-    the rows whose inputs held audio features.
+    Pops the step's noise seed (:data:`~mapo_verl.core.contract.ABLATION_SEED_KEY`, the one value the
+    trainer sends) and rewrites ``multi_modal_inputs``. Returns ``[B]`` int64 flags: the rows whose
+    inputs held audio features.
     """
-    mode = tu.pop(data, "mapo_ablation", default=None)
-    if mode is None:
-        raise ValueError("the ablated pass needs 'mapo_ablation' in the batch's extra_info (drop|zero|noise)")
-    noise_scale = float(tu.pop(data, "mapo_noise_scale", default=1.0))
-    seed = int(tu.pop(data, "mapo_seed", default=0))
-    scope = tu.pop(data, "mapo_modality_scope", default="audio")
+    seed = tu.pop(data, ABLATION_SEED_KEY, default=None)
+    if seed is None:
+        raise ValueError(f"the ablated pass needs {ABLATION_SEED_KEY!r} (the step's noise seed) in the batch's "
+                         "extra_info: the MAPO trainer sends it")
     batch_size = data.batch_size[0]
     samples = tu.get(data, "multi_modal_inputs", default=None)
     if samples is None:
         samples = [None] * batch_size
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(int(seed))
     flags = torch.tensor([has_audio(sample) for sample in samples], dtype=torch.int64)
     if bool(flags.any()):
-        ablated = [ablate_audio(sample, mode, noise_scale=noise_scale, generator=generator, scope=scope)
-                   for sample in samples]
+        ablated = [ablate_audio(sample, mapo.ablation, noise_scale=mapo.noise_scale, generator=generator,
+                                scope=mapo.text_only_modality_scope) for sample in samples]
         tu.assign_non_tensor_stack(data, "multi_modal_inputs", ablated)
     return flags
 
@@ -113,7 +118,7 @@ class MAPOActorRolloutRefWorker(ActorRolloutRefWorker):
     text_ref: TrainingWorker | None = None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def init_model(self):
+    def init_model(self) -> None:
         text_ref_model = mapo_config_from(self.config.actor).text_ref_model
         if "actor" in self.role and text_ref_model is not None:
             # before veRL's init_model, which renames the reference section's keys in place
@@ -132,7 +137,7 @@ class MAPOActorRolloutRefWorker(ActorRolloutRefWorker):
             )
 
     def _run_ablated(self, engine_worker: TrainingWorker, data: TensorDict) -> TensorDict | None:
-        flags = ablate_batch(data)
+        flags = ablate_batch(data, mapo_config_from(self.config.actor))
         tu.assign_non_tensor(data, calculate_entropy=True, compute_loss=False)
         return _ablated_output(engine_worker.infer_batch(data), flags)
 

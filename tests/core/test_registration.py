@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
-from mapo_verl.core import fold_relevance_into_advantages
-from mapo_verl.verl_ext.advantage import MissingRelevanceError, RelevanceInputs, provide_relevance
+from mapo_verl.verl_ext.advantage import MissingRelevanceError, grpo_advantage_step
 
 PROBE = (
     "import sys, verl; from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY as R; "
@@ -65,20 +65,18 @@ def test_mapo_estimator_without_the_trainer_fails_with_the_setting_to_change():
         compute_advantage(data, adv_estimator="mapo")
 
 
-def test_mapo_estimator_through_verls_compute_advantage_is_folded_grpo():
+def test_the_trainer_runs_verls_advantage_step_as_grpo_and_restores_mapo():
+    config = OmegaConf.create({"algorithm": {"adv_estimator": "mapo", "norm_adv_by_std_in_grpo": True}})
+    OmegaConf.set_struct(config, True)
     data, mask, rewards = batch()
-    omega = (torch.rand(mask.shape) * 2 + 0.1) * mask
-    inputs = RelevanceInputs(omega=omega, loss_agg_mode="seq-mean-token-mean")
-    with provide_relevance(inputs):
-        out = compute_advantage(data, adv_estimator="mapo", config={"norm_adv_by_std_in_grpo": True})
+    with grpo_advantage_step(config):
+        out = compute_advantage(data, adv_estimator=config.algorithm.adv_estimator, config=config.algorithm)
+    assert config.algorithm.adv_estimator == "mapo"
     grpo, grpo_returns = compute_grpo_outcome_advantage(rewards, mask, index=data.non_tensor_batch["uid"])
-    assert torch.equal(inputs.grpo_advantages, grpo)
-    assert torch.equal(out.batch["advantages"], fold_relevance_into_advantages(grpo, omega, mask))
-    assert torch.equal(out.batch["returns"], grpo_returns)
-
-
-def test_mismatched_batches_are_reported():
-    data, mask, _ = batch()
-    with provide_relevance(RelevanceInputs(omega=torch.ones(3, 6), loss_agg_mode="token-mean")):
-        with pytest.raises(ValueError, match="ablated pass and the advantage step saw different batches"):
-            compute_advantage(data, adv_estimator="mapo")
+    assert torch.equal(out.batch["advantages"], grpo) and torch.equal(out.batch["returns"], grpo_returns)
+    with pytest.raises(RuntimeError, match="boom"), grpo_advantage_step(config):
+        raise RuntimeError("boom")
+    assert config.algorithm.adv_estimator == "mapo"  # restored when the step fails too
+    with pytest.raises(ValueError, match="adv_estimator=mapo"), grpo_advantage_step(
+            OmegaConf.create({"algorithm": {"adv_estimator": "grpo"}})):
+        pass

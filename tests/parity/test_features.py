@@ -4,18 +4,18 @@ plus the failure gate's missing-key error. Expected values are written out in ea
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
-from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, compute_policy_loss_vanilla
 from verl.utils import tensordict_utils as tu
 from verl.workers.config import FSDPActorConfig
 
 from mapo_verl.audio_inputs import VISION_FEATURE_KEYS, ablate_audio, audio_key_mask, audio_key_token_ids
 from mapo_verl.config import MAPOConfig
 from mapo_verl.core import audio_lift
-from mapo_verl.step import relevance_for_batch, relevance_metrics
-from mapo_verl.verl_ext.advantage import RelevanceInputs, compute_mapo_outcome_advantage, provide_relevance
 from mapo_verl.core.contract import FAILED_FIELD
+from mapo_verl.step import folded_advantages, relevance_for_batch, relevance_metrics
 from mapo_verl.verl_ext.attention_branch import MassStatistics
 from mapo_verl.verl_ext.trainer import _task_failed
 from mapo_verl.verl_ext.validation import check_mapo_config
@@ -110,12 +110,11 @@ def test_attention_only_keeps_the_pg_term_at_exactly_zero_weight():
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
     rewards = torch.zeros(2, 4)
     rewards[0, 2], rewards[1, 3] = 1.0, 0.0
-    index = ["a", "a"]
-    inputs = RelevanceInputs(omega=mask * 2, loss_agg_mode="seq-mean-token-mean", pg_weight=0.0)
-    with provide_relevance(inputs):
-        advantages, _ = compute_mapo_outcome_advantage(rewards, mask, index)
+    grpo, _ = compute_grpo_outcome_advantage(rewards, mask, index=np.array(["a", "a"], dtype=object))
+    relevance = relevance_for_batch(torch.rand(2, 4), torch.rand(2, 4) + 1, mask, torch.ones(2), MAPOConfig())
+    advantages = folded_advantages(relevance, grpo, mask, "seq-mean-token-mean", attention_only=True)
     assert advantages.abs().sum() == 0
-    assert inputs.grpo_advantages.abs().sum() > 0  # the attention gate still sees |Â|
+    assert grpo.abs().sum() > 0  # the attention gate still sees |Â|
     config = FSDPActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1, clip_ratio=0.2)
     log_prob = torch.randn(2, 4, requires_grad=True)
     loss, _ = compute_policy_loss_vanilla(torch.randn(2, 4), log_prob, advantages, mask,

@@ -2,7 +2,9 @@
 
 veRL 0.9.1 keys every output ``{uid}_{session}_{index}``; for ``grpo`` only the final output of
 each session is normalised within its uid group and its advantage is broadcast to the session's
-other outputs. The oracle below does that with Python floats (unbiased std, ε = 1e-6).
+other outputs. The MAPO trainer runs veRL's advantage step as GRPO (``grpo_advantage_step``) and
+folds ω̃ into what it wrote. The oracle below does the grouping with Python floats (unbiased
+std, ε = 1e-6).
 """
 
 import statistics
@@ -10,8 +12,13 @@ import statistics
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
+from verl.protocol import DataProto
+from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
-from mapo_verl.verl_ext.advantage import RelevanceInputs, compute_mapo_outcome_advantage, provide_relevance
+from mapo_verl.config import MAPOConfig
+from mapo_verl.step import folded_advantages, relevance_for_batch
+from mapo_verl.verl_ext.advantage import grpo_advantage_step
 
 # uid p0: session 0 has two outputs, session 1 one, session 2 three; uid p1: two one-output sessions
 KEYS = ["p0_0_0", "p0_0_1", "p0_1_0", "p0_2_0", "p0_2_1", "p0_2_2", "p1_0_0", "p1_1_0"]
@@ -46,30 +53,27 @@ def oracle():
 
 
 def mapo_advantages(batch_keys):
+    """The MAPO trainer's advantage step on one batch, with ω̃ ≡ 1 (the same |Δh| on every token)."""
     rewards, mask, index = batch()
-    inputs = RelevanceInputs(omega=mask.clone(), loss_agg_mode="seq-mean-token-mean", batch_keys=batch_keys)
-    with provide_relevance(inputs):
-        advantages, _ = compute_mapo_outcome_advantage(rewards, mask, index, config={"norm_adv_by_std_in_grpo": True})
-    return advantages, mask, inputs
+    data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
+                               non_tensors={"uid": index})
+    config = OmegaConf.create({"algorithm": {"adv_estimator": "mapo", "norm_adv_by_std_in_grpo": True}})
+    with grpo_advantage_step(config):
+        out = compute_advantage_for_multi_trajectories(data, batch_keys=batch_keys,
+                                                       adv_estimator=config.algorithm.adv_estimator,
+                                                       norm_adv_by_std_in_grpo=True, config=config.algorithm)
+    grpo = out.batch["advantages"]
+    entropy = torch.rand(mask.shape)
+    relevance = relevance_for_batch(entropy, entropy + 0.5, mask, torch.ones(len(KEYS)), MAPOConfig())
+    return folded_advantages(relevance, grpo, mask, "seq-mean-token-mean"), mask, grpo
 
 
 def test_sessions_are_grouped_by_their_final_output():
-    advantages, mask, inputs = mapo_advantages(KEYS)
+    advantages, mask, grpo = mapo_advantages(KEYS)
     want = oracle()
     for row in range(len(KEYS)):
         valid = mask[row].bool()
         assert advantages[row][valid].tolist() == pytest.approx([want[row]] * int(valid.sum()), abs=1e-5)
         assert advantages[row][~valid].abs().sum() == 0
-    # the attention gate's |Â| is the session's, before ω̃
-    torch.testing.assert_close(inputs.grpo_advantages, advantages)
-
-
-def test_without_keys_every_output_would_count_as_a_response():
-    advantages, mask, _ = mapo_advantages(None)
-    want = oracle()
-    assert advantages[0][0].item() != pytest.approx(want[0], abs=1e-3)  # the old, plain-GRPO behaviour
-
-
-def test_key_count_must_match_the_batch():
-    with pytest.raises(ValueError, match="batch keys"):
-        mapo_advantages(KEYS[:-1])
+    # the attention gate's |Â| is the session's, before ω̃ (here ω̃ ≡ 1: the same values)
+    torch.testing.assert_close(grpo, advantages)

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from verl.protocol import DataProto
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 from verl.utils import tensordict_utils as tu
+from verl.workers.utils.padding import response_to_nested
 
 from mapo_verl.config import MAPOConfig
 from mapo_verl.core.contract import ABLATED_ENTROPY_FIELD, FAILED_FIELD, HAS_AUDIO_FIELD
@@ -75,27 +76,29 @@ def run_advantage_step(monkeypatch, mapo: MAPOConfig, extra_fields=None, uniform
     if uniform_relevance:  # |Δh| = 0.5 on every token: ω̃ ≡ 1 and the advantages are the session GRPO's
         fake.store[ABLATED_ENTROPY_FIELD] = fake.store["entropy"] + 0.5
     monkeypatch.setattr(trainer_module, "tq", fake)
-    captured = {}
 
     def verl_step_3(self, batch, metrics):
+        """veRL's advantage step as far as MAPO sees it: the configured estimator, written to the batch."""
         data = fake.store.select("response_mask", "rm_scores").to_padded_tensor()
         proto = DataProto.from_dict(
             tensors={"token_level_rewards": data["rm_scores"], "response_mask": data["response_mask"].float()},
             non_tensors={"uid": np.array([key.split("_")[0] for key in batch.keys], dtype=object)})
-        out = compute_advantage_for_multi_trajectories(proto, batch_keys=batch.keys, adv_estimator="mapo",
+        out = compute_advantage_for_multi_trajectories(proto, batch_keys=batch.keys,
+                                                       adv_estimator=self.config.algorithm.adv_estimator,
                                                        config={"norm_adv_by_std_in_grpo": True})
-        captured["advantages"] = out.batch["advantages"]
+        fake.store["advantages"] = response_to_nested(out.batch["advantages"], fake.store["response_mask"])
         return batch
 
     monkeypatch.setattr(trainer_module.PPOTrainerSync, "_compute_advantage", verl_step_3)
     trainer = object.__new__(MAPOTrainer)
     trainer.mapo = mapo
-    trainer.config = OmegaConf.create({"actor_rollout_ref": {"actor": {"loss_agg_mode": "seq-mean-token-mean"}}})
+    trainer.config = OmegaConf.create({"algorithm": {"adv_estimator": "mapo"},
+                                       "actor_rollout_ref": {"actor": {"loss_agg_mode": "seq-mean-token-mean"}}})
     trainer.tokenizer = Tokenizer()
     trainer._pos_gate = None
     metrics = {}
     trainer._compute_advantage(Batch(keys=list(KEYS), partition_id="train"), metrics)
-    return captured["advantages"], fake.put, metrics
+    return fake.put["advantages"].to_padded_tensor(0.0), fake.put, metrics
 
 
 def session_grpo():

@@ -19,12 +19,10 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.torch_functional import entropy_from_logits
 
 from mapo_verl.audio_inputs import ablate_audio, audio_token_id, has_audio
-from mapo_verl.core.contract import ABLATION_MODES
 from mapo_verl.config import MAPOConfig
 from mapo_verl.core import fold_relevance_into_advantages
-from mapo_verl.step import relevance_for_batch
-from mapo_verl.verl_ext.advantage import RelevanceInputs, provide_relevance
-from mapo_verl.core.contract import HAS_AUDIO_FIELD
+from mapo_verl.core.contract import ABLATION_MODES, ABLATION_SEED_KEY, HAS_AUDIO_FIELD
+from mapo_verl.step import folded_advantages, relevance_for_batch
 from mapo_verl.verl_ext.worker import ablate_batch
 from tests.trainer.audio_models_testlib import save_tiny_omni, save_tiny_qwen3_omni, tone_clip
 
@@ -94,15 +92,15 @@ def test_worker_ablates_a_mixed_batch_in_place(thinker):
     samples = [sample(processor, tone_clip(0.5))[1], sample(processor, None)[1], sample(processor, tone_clip(1.5))[1]]
     data = TensorDict({"input_ids": torch.zeros(3, 4, dtype=torch.long)}, batch_size=[3])
     tu.assign_non_tensor_stack(data, "multi_modal_inputs", samples)
-    tu.assign_non_tensor(data, mapo_ablation="zero", mapo_noise_scale=1.0, mapo_seed=3)
-    flags = ablate_batch(data)
+    tu.assign_non_tensor(data, **{ABLATION_SEED_KEY: 3})
+    flags = ablate_batch(data, MAPOConfig(ablation="zero"))  # static settings: the worker's own config
     assert flags.tolist() == [1, 0, 1]
-    assert "mapo_ablation" not in data.keys() and HAS_AUDIO_FIELD not in data.keys()
+    assert ABLATION_SEED_KEY not in data.keys() and HAS_AUDIO_FIELD not in data.keys()
     ablated = tu.get(data, "multi_modal_inputs")
     assert ablated[0]["input_features"].abs().sum() == 0 and ablated[2]["input_features"].abs().sum() == 0
     assert torch.equal(ablated[0]["feature_attention_mask"], samples[0]["feature_attention_mask"])
-    with pytest.raises(ValueError, match="needs 'mapo_ablation'"):
-        ablate_batch(data)
+    with pytest.raises(ValueError, match=f"needs '{ABLATION_SEED_KEY}'"):
+        ablate_batch(data, MAPOConfig())
 
 
 def test_mixed_batch_delta_h_to_advantages_through_verl(thinker):
@@ -121,8 +119,9 @@ def test_mixed_batch_delta_h_to_advantages_through_verl(thinker):
     rewards[:, -1] = torch.tensor([1.0, 0.0, 0.0])
     data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
                                non_tensors={"uid": np.array(["g", "g", "g"], dtype=object)})
-    with provide_relevance(RelevanceInputs(omega=relevance.omega, loss_agg_mode="seq-mean-token-mean")):
-        advantages = compute_advantage(data, adv_estimator="mapo").batch["advantages"]
+    # the MAPO trainer: veRL's GRPO step, then ω̃ folded into the advantages it wrote
+    verl_grpo = compute_advantage(data, adv_estimator="grpo").batch["advantages"]
+    advantages = folded_advantages(relevance, verl_grpo, mask, "seq-mean-token-mean")
     grpo, _ = compute_grpo_outcome_advantage(rewards, mask, index=np.array(["g", "g", "g"], dtype=object))
     assert torch.equal(advantages[1], grpo[1])
     torch.testing.assert_close(advantages, fold_relevance_into_advantages(grpo, relevance.omega, mask))

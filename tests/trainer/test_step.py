@@ -5,7 +5,13 @@ import torch
 
 from mapo_verl.config import MAPOConfig
 from mapo_verl.core import attention_token_coefficients, relevance_weights
-from mapo_verl.step import attention_fields_for_batch, relevance_for_batch, relevance_metrics, sequence_advantage_magnitude
+from mapo_verl.step import (
+    attention_fields_for_batch,
+    folded_advantages,
+    relevance_for_batch,
+    relevance_metrics,
+    sequence_advantage_magnitude,
+)
 
 
 def padded_batch():
@@ -80,3 +86,10 @@ def test_bad_has_audio_shape_is_named():
     h_pol, h_abl, mask = padded_batch()
     with pytest.raises(ValueError, match="has_audio has shape"):
         relevance_for_batch(h_pol, h_abl, mask, torch.ones(4), MAPOConfig())
+
+
+def test_folded_advantages_refuse_a_batch_of_another_shape():
+    h_pol, h_abl, mask = padded_batch()
+    relevance = relevance_for_batch(h_pol, h_abl, mask, torch.ones(3), MAPOConfig())
+    with pytest.raises(ValueError, match="ablated pass and the advantage step saw different batches"):
+        folded_advantages(relevance, torch.zeros(3, 6), torch.ones(3, 6), "token-mean")
