@@ -20,10 +20,14 @@ import functools
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mapo_verl.verl_ext.validation import check_mapo_config, local_model_config
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 __all__ = ["GROUP_ESTIMATORS", "launch_problems", "megatron_audio_model_problems", "cluster_problems",
            "check_launch_consistency", "install_config_check", "main"]
@@ -35,7 +39,7 @@ _ROLLOUT = "actor_rollout_ref.rollout"
 _REF = "actor_rollout_ref.ref"
 
 
-def _get(config, key: str, default=None):
+def _get(config: DictConfig, key: str, default: Any = None) -> Any:
     return OmegaConf.select(config, key, default=default)
 
 
@@ -46,14 +50,14 @@ class _Problems(list):
         return condition
 
 
-def _positive_int(problems: _Problems, config, key: str) -> int | None:
+def _positive_int(problems: _Problems, config: DictConfig, key: str) -> int | None:
     value = _get(config, key)
     ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
     problems.require(ok, f"{key} must be a positive integer, got {value!r}")
     return value if ok else None
 
 
-def _data_parallel_size(problems: _Problems, config, section: str, n_gpus: int) -> tuple[int | None, int]:
+def _data_parallel_size(problems: _Problems, config: DictConfig, section: str, n_gpus: int) -> tuple[int | None, int]:
     """(data-parallel size, sequence-split size) of an actor / ref section; None when sizes do not divide."""
     strategy = _get(config, f"{section}.strategy")
     if strategy == "megatron":
@@ -87,7 +91,7 @@ def _data_parallel_size(problems: _Problems, config, section: str, n_gpus: int) 
     return None, 1  # other engines: veRL's own checks only
 
 
-def _check_infer_micro_batches(problems: _Problems, config, key: str, padded: int, dp: int, owner: str) -> None:
+def _check_infer_micro_batches(problems: _Problems, config: DictConfig, key: str, padded: int, dp: int, owner: str) -> None:
     micro = _get(config, key)
     if micro is None:
         return  # veRL's validate_config names the missing key
@@ -99,7 +103,29 @@ def _check_infer_micro_batches(problems: _Problems, config, key: str, padded: in
         f"(data.train_batch_size × {_ROLLOUT}.n, padded to a multiple of the mini-batch, / DP {dp})"))
 
 
-def launch_problems(config) -> list[str]:
+def _rollout_problems(problems: _Problems, config: DictConfig, n_gpus: int) -> int:
+    """The rollout replicas' sizes against the GPUs and the sequence length; returns that length
+    (``data.max_prompt_length + data.max_response_length``)."""
+    rollout_world = math.prod(int(_get(config, f"{_ROLLOUT}.{name}", 1) or 1) for name in (
+        "tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"))
+    problems.require(n_gpus % rollout_world == 0, (
+        f"{n_gpus} GPUs must be divisible by {_ROLLOUT}.tensor_model_parallel_size × data_parallel_size × "
+        f"pipeline_model_parallel_size = {rollout_world} (one rollout replica's GPUs)"))
+    rollout_ep = int(_get(config, f"{_ROLLOUT}.expert_parallel_size", 1) or 1)
+    rollout_tp_dp = int(_get(config, f"{_ROLLOUT}.tensor_model_parallel_size", 1) or 1) * int(
+        _get(config, f"{_ROLLOUT}.data_parallel_size", 1) or 1)
+    problems.require(rollout_ep == 1 or _get(config, f"{_ROLLOUT}.name") == "trtllm" or rollout_ep == rollout_tp_dp, (
+        f"{_ROLLOUT}.expert_parallel_size={rollout_ep} must equal {_ROLLOUT}.tensor_model_parallel_size × "
+        f"data_parallel_size = {rollout_tp_dp}"))
+    max_len = int(_get(config, "data.max_prompt_length")) + int(_get(config, "data.max_response_length"))
+    max_model_len = _get(config, f"{_ROLLOUT}.max_model_len")
+    problems.require(max_model_len is None or max_model_len >= max_len, (
+        f"{_ROLLOUT}.max_model_len={max_model_len} must be >= data.max_prompt_length + data.max_response_length "
+        f"= {max_len}"))
+    return max_len
+
+
+def launch_problems(config: DictConfig) -> list[str]:
     """Every inconsistency between the batch sizes, parallel sizes and GPU count of a trainer config."""
     problems = _Problems()
     nnodes = _positive_int(problems, config, "trainer.nnodes")
@@ -115,24 +141,7 @@ def launch_problems(config) -> list[str]:
         f"algorithm.adv_estimator={estimator} compares the {_ROLLOUT}.n responses of a prompt: "
         f"n must be >= 2, got {n}"))
     problems.require(mini <= train, f"{_ACTOR}.ppo_mini_batch_size={mini} must be <= data.train_batch_size={train}")
-
-    rollout_world = math.prod(int(_get(config, f"{_ROLLOUT}.{name}", 1) or 1) for name in (
-        "tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"))
-    problems.require(n_gpus % rollout_world == 0, (
-        f"{n_gpus} GPUs must be divisible by {_ROLLOUT}.tensor_model_parallel_size × data_parallel_size × "
-        f"pipeline_model_parallel_size = {rollout_world} (one rollout replica's GPUs)"))
-    rollout_ep = int(_get(config, f"{_ROLLOUT}.expert_parallel_size", 1) or 1)
-    rollout_tp_dp = int(_get(config, f"{_ROLLOUT}.tensor_model_parallel_size", 1) or 1) * int(
-        _get(config, f"{_ROLLOUT}.data_parallel_size", 1) or 1)
-    problems.require(rollout_ep == 1 or _get(config, f"{_ROLLOUT}.name") == "trtllm" or rollout_ep == rollout_tp_dp, (
-        f"{_ROLLOUT}.expert_parallel_size={rollout_ep} must equal {_ROLLOUT}.tensor_model_parallel_size × "
-        f"data_parallel_size = {rollout_tp_dp}"))
-
-    max_len = int(_get(config, "data.max_prompt_length")) + int(_get(config, "data.max_response_length"))
-    max_model_len = _get(config, f"{_ROLLOUT}.max_model_len")
-    problems.require(max_model_len is None or max_model_len >= max_len, (
-        f"{_ROLLOUT}.max_model_len={max_model_len} must be >= data.max_prompt_length + data.max_response_length "
-        f"= {max_len}"))
+    max_len = _rollout_problems(problems, config, n_gpus)
 
     dp, split = _data_parallel_size(problems, config, _ACTOR, n_gpus)
     if dp is None:
@@ -187,7 +196,7 @@ def launch_problems(config) -> list[str]:
     return problems
 
 
-def cluster_problems(config, node_gpus: list[float]) -> list[str]:
+def cluster_problems(config: DictConfig, node_gpus: list[float]) -> list[str]:
     """Whether a Ray cluster whose alive nodes have ``node_gpus`` GPUs can host the run.
 
     veRL places ``trainer.n_gpus_per_node`` workers on each of ``trainer.nnodes`` nodes; with
@@ -202,7 +211,7 @@ def cluster_problems(config, node_gpus: list[float]) -> list[str]:
              "workers (recipes/launch/ray_worker.sh) or lower trainer.nnodes / trainer.n_gpus_per_node")]
 
 
-def megatron_audio_model_problems(config, hf_config) -> list[str]:
+def megatron_audio_model_problems(config: DictConfig, hf_config: PretrainedConfig | None) -> list[str]:
     """Settings Megatron-Bridge's audio models cannot run through veRL's Megatron engine (``docs/DESIGN.md``,
     "Megatron"), for the actor and reference sections on ``strategy=megatron``; ``hf_config`` is the model's
     HF config (None: not on this machine, nothing checked).
@@ -238,7 +247,7 @@ def megatron_audio_model_problems(config, hf_config) -> list[str]:
     return problems
 
 
-def check_launch_consistency(config) -> None:
+def check_launch_consistency(config: DictConfig) -> None:
     """Raise one ``ValueError`` listing every problem of :func:`launch_problems` and
     :func:`megatron_audio_model_problems`."""
     problems = launch_problems(config) + megatron_audio_model_problems(config, local_model_config(config))
@@ -256,7 +265,7 @@ def install_config_check() -> None:
         return
 
     @functools.wraps(original)
-    def validate_config(config, *args, **kwargs):
+    def validate_config(config: DictConfig, *args: Any, **kwargs: Any) -> Any:
         check_mapo_config(config)
         check_launch_consistency(config)
         return original(config, *args, **kwargs)

@@ -6,11 +6,18 @@ than after the first rollout.
 
 from __future__ import annotations
 
-from mapo_verl.config import MAPOPolicyLossConfig, mapo_config_from
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+
+from mapo_verl.config import MAPOConfig, MAPOPolicyLossConfig, POSGateConfig, mapo_config_from
 from mapo_verl.core import LOSS_AGG_MODES, resolve_layers
 from mapo_verl.core.contract import CONFIG_PREFIX, MAPO_ESTIMATOR, MAPO_TRAINER_MODE
 from mapo_verl.pos_gate import build_tagger
 from mapo_verl.verl_ext.text_reference import check_text_reference
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 __all__ = ["FOLDABLE_LOSS_MODES", "check_mapo_config"]
 
@@ -32,7 +39,7 @@ UNFOLDABLE_LOSS_MODES = {
 }
 
 
-def _policy_loss_target_is_mapo(config) -> bool:
+def _policy_loss_target_is_mapo(config: DictConfig) -> bool:
     from hydra.utils import get_class
 
     target = config.actor_rollout_ref.actor.policy_loss.get("_target_", "")
@@ -42,7 +49,7 @@ def _policy_loss_target_is_mapo(config) -> bool:
         return False
 
 
-def local_model_config(config):
+def local_model_config(config: DictConfig) -> PretrainedConfig | None:
     """The actor's HF config when it is on this machine, else None (a remote path or an uncached hub id:
     the workers load, and check, it)."""
     from transformers import AutoConfig
@@ -55,7 +62,7 @@ def local_model_config(config):
         return None
 
 
-def _decoder_layer_count(config) -> int | None:
+def _decoder_layer_count(config: DictConfig) -> int | None:
     """``num_hidden_layers`` of the actor's text decoder, when its config is on this machine (else None)."""
     hf_config = local_model_config(config)
     if hf_config is None:
@@ -65,7 +72,7 @@ def _decoder_layer_count(config) -> int | None:
     return layers if isinstance(layers, int) and layers > 0 else None
 
 
-def _check_layers_against_model(config, layers) -> None:
+def _check_layers_against_model(config: DictConfig, layers: list[int]) -> None:
     num_layers = _decoder_layer_count(config)
     if num_layers is None:
         return
@@ -76,7 +83,7 @@ def _check_layers_against_model(config, layers) -> None:
                          ) from error
 
 
-def _check_pos_tagger(gate) -> None:
+def _check_pos_tagger(gate: POSGateConfig) -> None:
     """Build the POS gate's tagger now, so a missing spaCy pipeline / NLTK data fails before Ray starts."""
     try:
         build_tagger(gate.tagger, gate.tags)
@@ -84,7 +91,7 @@ def _check_pos_tagger(gate) -> None:
         raise ValueError(f"{CONFIG_PREFIX}.pos_gate.tagger={gate.tagger!r}: {error}") from error
 
 
-def check_mapo_config(config) -> None:
+def check_mapo_config(config: DictConfig) -> None:
     """Raise a ``ValueError`` naming the key when a full trainer config misuses MAPO."""
     estimator = config.algorithm.get("adv_estimator")
     trainer_mode = config.trainer.get("v1", {}).get("trainer_mode")
@@ -136,7 +143,7 @@ def check_mapo_config(config) -> None:
     _check_policy_loss(config.actor_rollout_ref.actor, mapo)
 
 
-def _check_policy_loss(actor, mapo) -> None:
+def _check_policy_loss(actor: DictConfig, mapo: MAPOConfig) -> None:
     """ω̃ (and attention-only's zero PG weight) enter through the advantages: only loss modes whose
     token loss is positively homogeneous in the advantage get their weighted form (docs/DESIGN.md)."""
     loss_mode = actor.policy_loss.get("loss_mode", "vanilla")
