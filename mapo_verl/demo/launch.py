@@ -35,8 +35,14 @@ _STOP_GRACE_S = 30
 
 
 def default_recipes_dir() -> Path:
-    """``recipes/`` of the source checkout this package runs from."""
-    return Path(__file__).resolve().parents[2] / "recipes"
+    """The recipes that ship with the package: ``mapo_verl/recipes`` when installed from a wheel,
+    ``recipes/`` of the source checkout otherwise (an editable install runs from the checkout)."""
+    package = Path(__file__).resolve().parents[1]
+    candidates = (package / "recipes", package.parent / "recipes")
+    for candidate in candidates:
+        if (candidate / "mapo_tiny_cpu.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no MAPO recipes in {[str(c) for c in candidates]}: pass --config-path")
 
 
 def main_ppo_command(recipe: str, config_path: Path, overrides: list[str]) -> list[str]:
@@ -101,7 +107,8 @@ def run_logged(command: list[str], env: dict, log_path: Path, verbose: bool = Fa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="mapo_tiny_cpu", help="recipe name (default: %(default)s)")
-    parser.add_argument("--config-path", type=Path, default=None, help="recipes directory (default: the checkout's)")
+    parser.add_argument("--config-path", type=Path, default=None,
+                        help="recipes directory (default: the installed package's)")
     parser.add_argument("--verbose", action="store_true", help="show main_ppo's whole output on the console")
     args, overrides = parser.parse_known_args(argv)
 
