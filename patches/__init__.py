@@ -61,9 +61,19 @@ def apply_audio_model_patches() -> None:
     if _applied:
         return
     require_tested_verl()
-    from mapo_verl.patches import agent_loop, dataset_checks, faults, fsdp_wrap, model_class, position_ids, processors
+    from mapo_verl.patches import (
+        agent_loop,
+        dataset_checks,
+        faults,
+        fsdp_wrap,
+        megatron_bridge,
+        model_class,
+        position_ids,
+        processors,
+    )
 
     processors.install()
+    megatron_bridge.install()
     model_class.install()
     fsdp_wrap.install()
     position_ids.install()

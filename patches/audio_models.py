@@ -91,12 +91,15 @@ def _has_qwen3_omni() -> bool:
 
 
 _FAMILIES = [
-    AudioModelFamily(("qwen2_5_omni_thinker",), "Qwen2_5OmniProcessor", _qwen2_5_omni_lengths, _qwen2_5_omni_thinker),
+    # the thinker alone, or the full Omni checkpoint (Megatron-Bridge's bridges take only that)
+    AudioModelFamily(("qwen2_5_omni_thinker", "qwen2_5_omni"), "Qwen2_5OmniProcessor", _qwen2_5_omni_lengths,
+                     _qwen2_5_omni_thinker),
     AudioModelFamily(("qwen2_audio",), "Qwen2AudioProcessor", _qwen2_audio_lengths),
 ]
 if _has_qwen3_omni():
     _FAMILIES.append(
-        AudioModelFamily(("qwen3_omni_moe_thinker",), "Qwen3OmniMoeProcessor", _qwen3_omni_lengths, _qwen3_omni_thinker)
+        AudioModelFamily(("qwen3_omni_moe_thinker", "qwen3_omni_moe"), "Qwen3OmniMoeProcessor", _qwen3_omni_lengths,
+                         _qwen3_omni_thinker)
     )
 
 

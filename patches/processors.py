@@ -107,7 +107,8 @@ def load_audio_processor(name_or_path: str, family: AudioModelFamily, config: An
         )
     processor.config = config
     if family.thinker_class is not None:
-        processor.get_rope_index = _RopeIndex(family.thinker_class(), config).get_rope_index
+        thinker_config = getattr(config, "thinker_config", config)  # a full Omni checkpoint: its thinker's
+        processor.get_rope_index = _RopeIndex(family.thinker_class(), thinker_config).get_rope_index
         processor.get_rope_index_kwargs = _rope_index_kwargs
     return processor
 

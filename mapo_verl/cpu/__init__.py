@@ -24,6 +24,7 @@ and enough logical CPUs; ``recipes/grpo_tiny_cpu.yaml`` sets all of it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 __all__ = ["CPU_PLATFORM_ENV", "ROLLOUT_NAME", "cpu_backend_requested", "register_cpu_backend"]
@@ -66,6 +67,24 @@ def _unpinned_cpu_offload(engine_module) -> None:
     engine_module.CPUOffloadPolicy = unpinned_cpu_offload_policy
 
 
+def _megatron_on_cpu(engine_module) -> None:
+    """Install :mod:`mapo_verl.cpu.megatron` when the first Megatron engine is created (importing
+    Megatron-Bridge takes tens of seconds: processes that build no model skip it)."""
+    engine_class = engine_module.MegatronEngine
+    init = engine_class.__init__
+    if getattr(init, "__mapo_cpu__", False):
+        return
+
+    def init_on_cpu(self, *args, **kwargs):
+        from mapo_verl.cpu import megatron
+
+        megatron.install()
+        init(self, *args, **kwargs)
+
+    init_on_cpu.__mapo_cpu__ = True
+    engine_class.__init__ = init_on_cpu
+
+
 def register_cpu_backend() -> None:
     """Activate the CPU backend in this process if ``VERL_PLATFORM=cpu``. Idempotent."""
     global _registered
@@ -89,4 +108,6 @@ def register_cpu_backend() -> None:
     when_imported("verl.workers.engine.fsdp.transformer_impl", _unpinned_cpu_offload)
     when_imported("verl.workers.rollout.base", _register_server_adapter)
     when_imported("verl.workers.rollout.replica", _register_rollout)
+    if importlib.util.find_spec("megatron.bridge") is not None:
+        when_imported("verl.workers.engine.megatron.transformer_impl", _megatron_on_cpu)
     _registered = True

@@ -94,6 +94,9 @@ class HFRolloutServer:
             attn_implementation="sdpa",
             trust_remote_code=self.model_config.trust_remote_code,
         ).eval()
+        # A full Omni checkpoint (Megatron-Bridge's input) generates with its thinker; its weights
+        # are synced under the checkpoint's own names (``thinker.*``), as the bridge exports them.
+        self.generator = getattr(self.model, "thinker", self.model)
         torch.manual_seed(self.config.seed + replica_rank)  # rollout.seed: reproducible dry runs
         self._params = self._syncable_tensors()
         self._received: set[str] = set()
@@ -109,7 +112,7 @@ class HFRolloutServer:
         # Placeholder tokens are slots the model fills with audio/image features; one sampled
         # into a response would be "filled" when training on it. A trained model does not emit
         # them, a random one does: they are never sampled (-inf logits).
-        hf_config = self.model_config.hf_config
+        hf_config = self.generator.config
         self._placeholder_ids = sorted(
             {
                 token_id
@@ -180,7 +183,7 @@ class HFRolloutServer:
             output_logits=True,
             **mm_inputs,
         )
-        output = self.model.generate(**generate_kwargs)
+        output = self.generator.generate(**generate_kwargs)
         new_tokens = output.sequences[0, len(prompt_ids) :].tolist()
         for end, token in enumerate(new_tokens):
             if token in self._eos_token_ids:

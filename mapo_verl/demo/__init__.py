@@ -21,13 +21,14 @@ __all__ = ["DEMO_DIR_ENV", "RESOLVER", "DemoAssets", "demo_dir", "ensure_demo_as
 DEMO_DIR_ENV = "MAPO_DEMO_DIR"
 RESOLVER = "mapo_demo"  # ${mapo_demo:model_dir} etc. in recipes
 # bump when the builders change, so stale caches are not reused
-_ASSETS_VERSION = "v1"
+_ASSETS_VERSION = "v2"
 _TRAIN_ROWS, _VAL_ROWS = 64, 8
 
 
 @dataclass(frozen=True)
 class DemoAssets:
     model_dir: Path
+    omni_model_dir: Path  # the same thinker as a full Qwen2.5-Omni checkpoint (Megatron-Bridge's input)
     train_file: Path
     val_file: Path
     reward_file: Path
@@ -43,6 +44,7 @@ def _assets(root: Path) -> DemoAssets:
 
     return DemoAssets(
         model_dir=root / "qwen2_5_omni_thinker_tiny",
+        omni_model_dir=root / "qwen2_5_omni_tiny",
         train_file=root / "tones_train.parquet",
         val_file=root / "tones_val.parquet",
         reward_file=Path(reward.__file__).resolve(),
@@ -51,10 +53,11 @@ def _assets(root: Path) -> DemoAssets:
 
 def _build(target: Path) -> None:
     from mapo_verl.demo.data import corpus, make_rows, write_parquet
-    from mapo_verl.demo.model import save_tiny_omni_thinker
+    from mapo_verl.demo.model import save_tiny_omni, save_tiny_omni_thinker
 
     assets = _assets(target)
     save_tiny_omni_thinker(assets.model_dir, corpus())
+    save_tiny_omni(assets.omni_model_dir, corpus())
     write_parquet(make_rows(_TRAIN_ROWS, seed=1, split="train"), assets.train_file)
     write_parquet(make_rows(_VAL_ROWS, seed=2, split="val"), assets.val_file)
 
@@ -85,7 +88,7 @@ def _resolve(name: str) -> str:
 
 
 def register_resolver() -> None:
-    """Register ``${mapo_demo:<asset>}`` (``model_dir``, ``train_file``, ``val_file``, ``reward_file``)."""
+    """Register ``${mapo_demo:<asset>}`` (``model_dir``, ``omni_model_dir``, ``train_file``, ``val_file``, ``reward_file``)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver(RESOLVER):

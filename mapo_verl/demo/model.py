@@ -20,6 +20,7 @@ __all__ = [
     "MAX_CLIP_SECONDS",
     "build_tokenizer",
     "build_feature_extractor",
+    "save_tiny_omni",
     "save_tiny_omni_thinker",
 ]
 
@@ -189,6 +190,35 @@ def save_tiny_omni_thinker(path: str | Path, corpus: list[str], seed: int = 0, c
     config = thinker_config(tokenizer, **config_kwargs)
     torch.manual_seed(seed)
     model = Qwen2_5OmniThinkerForConditionalGeneration(config).to(torch.float32)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    (path / "mapo_demo.json").write_text(json.dumps({"seed": seed, "parameters": model.num_parameters()}))
+    return path
+
+
+def save_tiny_omni(path: str | Path, corpus: list[str], seed: int = 0) -> Path:
+    """Write the demo thinker as a full ``Qwen2_5OmniForConditionalGeneration`` checkpoint (no talker:
+    ``enable_audio_output=False``), with tokenizer and processor, to ``path``.
+
+    Megatron-Bridge registers its Qwen2.5-Omni bridge for the full model class, so the Megatron
+    dry run (``recipes/mapo_tiny_cpu_megatron.yaml``) starts from this checkpoint; its weights are
+    the thinker's of :func:`save_tiny_omni_thinker` with the same ``seed``, under ``thinker.``.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(corpus)
+    processor = omni_processor(tokenizer)
+    thinker = thinker_config(tokenizer)
+    config = Qwen2_5OmniConfig(thinker_config=thinker.to_dict(), enable_audio_output=False,
+                               architectures=["Qwen2_5OmniForConditionalGeneration"])
+    torch.manual_seed(seed)
+    model = Qwen2_5OmniForConditionalGeneration(config).to(torch.float32)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
     )

@@ -5,7 +5,11 @@ import pytest
 
 from tests.recipes.test_recipes import MAPO_SECTION, MAPO_SWITCHES, composed, flat
 
-PAIRS = [("grpo_tiny_cpu", "mapo_tiny_cpu"), ("grpo_grounding_tiny_cpu", "mapo_grounding_tiny_cpu")]
+PAIRS = [
+    ("grpo_tiny_cpu", "mapo_tiny_cpu"),
+    ("grpo_tiny_cpu_megatron", "mapo_tiny_cpu_megatron"),
+    ("grpo_grounding_tiny_cpu", "mapo_grounding_tiny_cpu"),
+]
 
 
 @pytest.mark.parametrize("grpo_name, mapo_name", PAIRS)

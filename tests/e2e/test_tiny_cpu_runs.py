@@ -29,7 +29,7 @@ _STEPS = 2
 _METRIC = re.compile(r"(\S+?):(?:np\.\w+\()?(-?[\d.]+(?:e[-+]?\d+)?|nan|inf|-inf)\)?(?=\s-\s|$)")
 
 
-def _step_metrics(log: str) -> dict[int, dict[str, float]]:
+def step_metrics(log: str) -> dict[int, dict[str, float]]:
     steps = {}
     for line in log.splitlines():
         match = re.search(r"step:(\d+) - (.*)$", line)
@@ -68,7 +68,7 @@ def run(request, tmp_path_factory):
 
 def test_run_finishes_with_finite_metrics(run):
     assert run["returncode"] == 0, run["log"][-6000:]
-    steps = _step_metrics(run["log"])
+    steps = step_metrics(run["log"])
     assert sorted(steps) == list(range(1, _STEPS + 1)), run["log"][-3000:]
     for step, metrics in steps.items():
         for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy", "critic/score/mean", "timing_s/gen"):
@@ -79,7 +79,7 @@ def test_run_finishes_with_finite_metrics(run):
     # a step whose groups all tie in reward has zero advantages (and, at step 1, zero KL)
     assert any(metrics["actor/grad_norm"] > 0 for metrics in steps.values())
     # the console shows progress and step metrics; the config dump and library warnings stay in the log
-    assert sorted(_step_metrics(run["console"])) == list(range(1, _STEPS + 1))
+    assert sorted(step_metrics(run["console"])) == list(range(1, _STEPS + 1))
     assert "Continuous Token" not in run["console"] and len(run["console"].splitlines()) < 60
     assert (run["root"] / "runs" / run["recipe"] / "collapse_report" / "summary.md").is_file()  # GRPO has one too
 
@@ -88,10 +88,11 @@ def test_actor_weights_changed_and_rollout_served_them(run):
     from safetensors.torch import load_file
 
     from mapo_verl.cpu.rollout import CHECKSUM_LOG_PREFIX
+    from mapo_verl.demo import ensure_demo_assets
 
     assert run["returncode"] == 0, run["log"][-3000:]
     root = run["root"]
-    initial = load_file(root / "demo" / "v1" / "qwen2_5_omni_thinker_tiny" / "model.safetensors")
+    initial = load_file(ensure_demo_assets(root / "demo").model_dir / "model.safetensors")
     checkpoint = root / "runs" / run["recipe"] / "checkpoints" / f"global_step_{_STEPS}" / "actor"
     saved = torch.load(checkpoint / "model_world_size_1_rank_0.pt", weights_only=False)
     trained = {name: _full(tensor) for name, tensor in saved.items()}
@@ -112,7 +113,7 @@ def test_actor_weights_changed_and_rollout_served_them(run):
 
 def test_mapo_metrics_appear_and_are_finite(run):
     assert run["returncode"] == 0, run["log"][-3000:]
-    steps = _step_metrics(run["log"])
+    steps = step_metrics(run["log"])
     logged = {key for metrics in steps.values() for key in metrics if key.startswith("mapo/")}
     if run["recipe"] == "grpo_tiny_cpu":  # data-health counters (mapo/bad_rows, mapo/rollout_failures...) are logged
         method = ("mapo/ablated", "mapo/delta_h", "mapo/abs_delta_h", "mapo/omega", "mapo/attn", "mapo/audio_mass",

@@ -1,0 +1,108 @@
+"""GRPO and MAPO through veRL's real ``main_ppo`` with ``strategy=megatron`` on CPU (Python 3.12 lane).
+
+For each recipe (``grpo_tiny_cpu_megatron``, ``mapo_tiny_cpu_megatron``) one subprocess runs
+``python -m mapo_verl.demo.launch --recipe <recipe>``: veRL's Megatron engine builds the embedded tiny
+Qwen2.5-Omni through Megatron-Bridge's own Qwen2.5-Omni bridge, tensor-parallel over two processes
+(gloo), trains two steps and saves the actor's HF weights through the bridge at the last one. After
+every update the actor's weights reach the HF rollout through the bridge's HF export (the export a
+vLLM rollout receives on GPU). The tests check, from the outside, what the FSDP end-to-end test
+checks (``tests/e2e/test_tiny_cpu_runs.py``): the run finished with finite metrics; the weights
+changed, the audio encoder's included; the rollout generated with the initial weights first and with
+exactly the trained actor's weights after the last update; MAPO's metrics appear at every step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.e2e.test_tiny_cpu_runs import MAPO_METRICS, step_metrics
+
+pytestmark = pytest.mark.slow
+
+_STEPS = 2
+
+
+@pytest.fixture(scope="module", params=["grpo_tiny_cpu_megatron", "mapo_tiny_cpu_megatron"])
+def run(request, tmp_path_factory):
+    recipe = request.param
+    root = tmp_path_factory.mktemp(recipe)
+    env = dict(os.environ, MAPO_DEMO_DIR=str(root / "demo"), MAPO_RUN_DIR=str(root / "runs"))
+    command = [
+        sys.executable, "-m", "mapo_verl.demo.launch", "--recipe", recipe,
+        f"trainer.total_training_steps={_STEPS}", f"trainer.save_freq={_STEPS}",
+        "actor_rollout_ref.actor.checkpoint.save_contents=[hf_model]",
+    ]
+    start = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    wall = time.perf_counter() - start
+    full_log = root / "runs" / recipe / "main_ppo.log"
+    log = result.stdout + result.stderr + (full_log.read_text() if full_log.is_file() else "")
+    print(f"{recipe}: {_STEPS} steps through main_ppo (Megatron, TP=2) in {wall:.0f}s (exit {result.returncode})")
+    return {"recipe": recipe, "returncode": result.returncode, "log": log, "root": root, "wall": wall}
+
+
+def test_run_finishes_with_finite_metrics(run):
+    assert run["returncode"] == 0, run["log"][-6000:]
+    steps = step_metrics(run["log"])
+    assert sorted(steps) == list(range(1, _STEPS + 1)), run["log"][-3000:]
+    for step, metrics in steps.items():
+        for key in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "timing_s/gen"):
+            assert key in metrics, f"step {step}: no {key}"
+        bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
+        assert not bad, f"step {step}: non-finite metrics {bad}"
+    assert any(metrics["actor/grad_norm"] > 0 for metrics in steps.values())
+
+
+def _checksum(state: dict) -> float:
+    return float(sum(tensor.double().sum() for tensor in state.values()))
+
+
+def test_actor_weights_changed_and_rollout_served_them(run):
+    from safetensors.torch import load_file
+
+    from mapo_verl.cpu.rollout import CHECKSUM_LOG_PREFIX
+    from mapo_verl.demo import ensure_demo_assets
+
+    assert run["returncode"] == 0, run["log"][-3000:]
+    initial = load_file(ensure_demo_assets(run["root"] / "demo").omni_model_dir / "model.safetensors")
+    exported = run["root"] / "runs" / run["recipe"] / "checkpoints" / f"global_step_{_STEPS}" / "actor"
+    files = sorted(exported.rglob("*.safetensors"))
+    assert files, f"no HF weights saved under {exported}"
+    trained = {name: tensor for path in files for name, tensor in load_file(path).items()}
+    assert set(trained) == set(initial)
+
+    # The Megatron engine trains bf16 parameters (fp32 masters in the optimizer): the rollout's first
+    # weights are the initial checkpoint rounded to bf16, its last ones the trained bf16 parameters.
+    changed = {name for name in initial if not torch.equal(trained[name].float(), initial[name].bfloat16().float())}
+    assert "thinker.lm_head.weight" in changed
+    assert "thinker.audio_tower.proj.weight" in changed  # gradients flowed through the audio features
+
+    sync_line = re.escape(CHECKSUM_LOG_PREFIX) + r" replica=0 step=(\d+) checksum=(\S+)"
+    synced = {int(step): float(checksum) for step, checksum in re.findall(sync_line, run["log"])}
+    assert sorted(synced) == list(range(_STEPS + 1))  # initial sync, then one per update
+    assert synced[0] == pytest.approx(_checksum({n: t.bfloat16() for n, t in initial.items()}), rel=1e-12)
+    assert synced[_STEPS] == pytest.approx(_checksum(trained), rel=1e-12)
+    assert synced[_STEPS] != synced[0]
+
+
+def test_mapo_metrics_appear_and_are_finite(run):
+    assert run["returncode"] == 0, run["log"][-3000:]
+    steps = step_metrics(run["log"])
+    logged = {key for metrics in steps.values() for key in metrics if key.startswith("mapo/")}
+    if run["recipe"].startswith("grpo"):
+        assert not {key for key in logged if key.startswith(("mapo/omega", "mapo/attn", "mapo/delta_h"))}
+        return
+    for step, metrics in steps.items():
+        missing = [key for key in MAPO_METRICS if key not in metrics]
+        assert not missing, f"step {step}: no {missing}"
+        assert 0.0 <= metrics["mapo/audio_mass"] <= 1.0
+        assert metrics["mapo/omega_max"] <= 5.0
+        assert metrics["mapo/abs_delta_h_mean"] > 0  # dropping the audio changed the reference's entropies
