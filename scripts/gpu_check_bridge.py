@@ -6,7 +6,7 @@ of ``tests/megatron_bridge/bridge_models.py`` and, per model and micro-batch siz
 training step with the hook attached (η = 1): the loss and every gradient must be finite, and the hooked
 a_t (bf16 kernel) is compared with an fp32 explicit softmax over the same q, k. Writes
 ``$OUT/gpu_check_bridge.json``. Without Transformer Engine, Megatron-Bridge is imported through the
-tests' import-time stand-in (``tests/megatron_bridge/te_stub.py``).
+CPU backend's import-time stand-in (``mapo_verl/cpu/megatron.py``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "megatron_bridge"))
 HAVE_TE = importlib.util.find_spec("transformer_engine") is not None
 if not HAVE_TE:
-    import te_stub
+    from mapo_verl.cpu.megatron import import_megatron_bridge
 
-    te_stub.import_megatron_bridge()
+    import_megatron_bridge()
 import megatron.bridge  # noqa: E402
 from megatron.core import parallel_state as ps  # noqa: E402
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed  # noqa: E402

@@ -22,10 +22,11 @@ from functools import partial
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cpu_shims  # noqa: E402
 from gloo_world import serve_rank  # noqa: E402
 
-cpu_shims.install()
+from mapo_verl.cpu.megatron import install_cuda_shims, padding_to_causal_mask  # noqa: E402
+
+install_cuda_shims()
 
 import torch.distributed as dist  # noqa: E402
 from megatron.core import parallel_state as ps  # noqa: E402
@@ -305,16 +306,6 @@ def run_cp_refusal() -> dict:
 AUDIO_ID = VOCAB - 1
 
 
-def four_d_mask(module, args, kwargs):
-    """CPU shim: veRL's BSHD path passes a [B, S] padding mask (True = token), which TE reads;
-    megatron-core's unfused attention needs the explicit [B, 1, S, S] mask (True = masked)."""
-    mask = kwargs.get("attention_mask")
-    if mask is not None and mask.dim() == 2:
-        causal = torch.triu(torch.ones(mask.shape[1], mask.shape[1], dtype=torch.bool), 1)
-        kwargs["attention_mask"] = causal[None, None] | ~mask[:, None, None, :]
-    return args, kwargs
-
-
 def make_verl_batch(num_samples: int, seed: int):
     """A veRL no-padding actor batch (nested rows) with audio placeholders in the prompts."""
     from verl.utils import tensordict_utils as tu
@@ -455,7 +446,7 @@ def run_engine(spec: dict) -> dict:
         config.variable_seq_lengths = True  # as veRL's engine: p2p shapes are exchanged per micro-batch
         chunks = build_chunks(config, None)
         for chunk in chunks:
-            chunk.register_forward_pre_hook(four_d_mask, with_kwargs=True)
+            chunk.register_forward_pre_hook(padding_to_causal_mask, with_kwargs=True)
             with torch.no_grad():
                 for name, param in global_names(chunk).items():
                     param.copy_(tp_slice(weights[name], param))

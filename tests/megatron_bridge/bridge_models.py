@@ -4,8 +4,8 @@ Each family builds the model class that Megatron-Bridge's provider builds (``Qwe
 ``Qwen3OmniModel``, ``Qwen2AudioModel``) from tiny HF configs: the providers of the two Omni families
 hard-code Transformer Engine's layer spec, so their model classes are built directly with the
 provider's arguments and the layer spec asked for; Qwen2-Audio's provider takes a layer spec and is
-used as it is. The caller imports Megatron-Bridge first (on CPU: ``te_stub.import_megatron_bridge``,
-plus ``tests/megatron/cpu_shims``); ``scripts/gpu_check_megatron.sh`` builds the same models on a GPU.
+used as it is. The caller imports Megatron-Bridge first (on CPU: ``mapo_verl.cpu.megatron.import_megatron_bridge``,
+plus its ``install_cuda_shims``); ``scripts/gpu_check_megatron.sh`` builds the same models on a GPU.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnBackend
 
+from mapo_verl.cpu.megatron import padding_to_causal_mask
 from mapo_verl.megatron.models import expose_stage_flags, find_language_model
 from mapo_verl.patches import megatron_bridge as bridge_patches
 
@@ -167,16 +168,6 @@ _BUILDERS: dict[str, Callable[[int, int, str | None, Numerics], torch.nn.Module]
     "qwen25_omni": _qwen25_omni, "qwen3_omni": _qwen3_omni, "qwen2_audio": _qwen2_audio}
 
 
-def four_d_mask(module, args, kwargs):
-    """CPU shim: the models pass veRL's [B, S] padding mask (True = token) to the language model, which TE
-    reads; megatron-core's unfused attention needs the explicit [B, 1, S, S] mask (True = masked)."""
-    mask = kwargs.get("attention_mask")
-    if mask is not None and mask.dim() == 2:
-        causal = torch.triu(torch.ones(mask.shape[1], mask.shape[1], dtype=torch.bool), 1)
-        kwargs["attention_mask"] = causal[None, None] | ~mask.bool()[:, None, None, :]
-    return args, kwargs
-
-
 def build_model(family: str, *, tp: int = 1, pp: int = 1, recompute: str | None = None,
                 numerics: Numerics = CPU, seed: int = 5) -> torch.nn.Module:
     """The family's model chunk for this rank's pipeline stage, stage flags exposed, with the mask shim.
@@ -191,7 +182,7 @@ def build_model(family: str, *, tp: int = 1, pp: int = 1, recompute: str | None 
     model.model_type = ModelType.encoder_or_decoder  # what Megatron-Bridge's get_model sets for the schedules
     if not numerics.transformer_engine:  # TE reads the [B, S] mask itself
         (model if family == "qwen2_audio" else find_language_model(model)).register_forward_pre_hook(
-            four_d_mask, with_kwargs=True)
+            padding_to_causal_mask, with_kwargs=True)
     return model
 
 

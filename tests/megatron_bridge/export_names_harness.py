@@ -19,13 +19,12 @@ import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [_HERE, os.path.join(os.path.dirname(_HERE), "megatron")]
-import te_stub  # noqa: E402
-
-te_stub.import_megatron_bridge()
-import cpu_shims  # noqa: E402
 from gloo_world import serve_rank  # noqa: E402
 
-cpu_shims.install()
+from mapo_verl.cpu.megatron import import_megatron_bridge, install_cuda_shims  # noqa: E402
+
+import_megatron_bridge()
+install_cuda_shims()
 import bridge_models as bm  # noqa: E402
 import transformers  # noqa: E402
 from megatron.bridge import AutoBridge  # noqa: E402
