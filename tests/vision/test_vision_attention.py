@@ -80,6 +80,7 @@ class RecordCall:
         self.call = (attention_fn, module, query.detach(), key.detach(), value.detach(), attention_mask, args, kwargs)
 
 
+@pytest.mark.slow  # ~35 s on 2 cores: finite differences over every element of q and k
 def test_image_mass_gradient_passes_gradcheck():
     """The mass of the last decoder layer's real sdpa call in the VL model (mRoPE-rotated q / k, GQA, the model's
     mask) against finite differences in q and k (float64 end to end; the model's own RMSNorm and vision rotary
