@@ -250,8 +250,8 @@ def write_plots(results: dict, out: Path) -> list[str]:
                "accuracy at position t", "position t",
                lambda e: (list(range(1, 13)), e["greedy"]["uniform"][k12]["position_acc"]), chance=1 / 3)
     _plot_arms(plt, results, out / "prior_follow_k12.png",
-               "Prior-follow rate: word t continues the cycle from word t−1, K = 12 (uniform, greedy)",
-               "share of answers", "position t",
+               "Prior-follow rate by position, K = 12 (uniform, greedy)",
+               "share of answers whose word t continues the cycle", "position t",
                lambda e: (list(range(2, 13)), e["greedy"]["uniform"][k12]["prior_follow"]), chance=1 / 3)
     _plot_arms(plt, results, out / "audio_mass_by_position.png",
                "Audio attention mass by position, K = 12 (teacher forced, mean of layers)", "audio mass",
