@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from tests.e2e.test_tiny_cpu_runs import _step_metrics
+from tests.e2e.test_tiny_cpu_runs import step_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def runs(tmp_path_factory):
         log_file = root / name / "mapo_tiny_cpu" / "main_ppo.log"
         log = result.stdout + result.stderr + (log_file.read_text() if log_file.is_file() else "")
         assert result.returncode == 0, f"{name}: {log[-6000:]}"
-        results[name] = _step_metrics(log)[1]
+        results[name] = step_metrics(log)[1]
     from transformers import AutoConfig
 
     results["log_v"] = math.log(AutoConfig.from_pretrained(text_ref).get_text_config().vocab_size)
