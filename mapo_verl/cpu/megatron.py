@@ -20,8 +20,10 @@ places (``docs/DESIGN.md``, "CPU backend"):
   (``provide_distributed_model(use_cpu_initialization=True)``, which veRL does not pass); else it
   moves the model to the current CUDA device.
 - **CUDA calls** that megatron-core makes on the paths a run reaches: the current device,
-  ``synchronize``, streams (DDP and its gradient buckets), ``device="cuda"`` tensors in the pipeline schedules, the CUDA RNG state that
-  activation recompute saves and restores.
+  ``synchronize``, streams (DDP and its gradient buckets), ``device="cuda"`` tensors (pipeline
+  schedules, optimizer, gradient clipping and scaling), the parameter type names the optimizer accepts
+  (``"torch.cuda.BFloat16Tensor"``: megatron-core's optimizer modules see a CPU parameter's type under
+  its CUDA name, nobody else does), the CUDA RNG state that activation recompute saves and restores.
 
 The recipe does the rest with ordinary settings (``recipes/parts/tiny_cpu_megatron.yaml``):
 bf16, ``attention_backend: local``, fusions off.
@@ -126,8 +128,23 @@ def import_megatron_bridge():
 
 
 # --------------------------------------------------------------------------- CUDA calls of megatron-core
+def _on_host(factory):
+    def make(*args, **kwargs):
+        if str(kwargs.get("device", "")).startswith("cuda"):
+            kwargs["device"] = "cpu"
+        return factory(*args, **kwargs)
+
+    return make
+
+
 class _CpuTorchProxy(types.ModuleType):
-    """``torch`` as the pipeline schedules see it, with ``device="cuda"`` tensors made on the CPU."""
+    """``torch`` as a megatron-core module sees it, with ``device="cuda"`` tensors made on the CPU."""
+
+    tensor = staticmethod(_on_host(torch.tensor))
+    zeros = staticmethod(_on_host(torch.zeros))
+    ones = staticmethod(_on_host(torch.ones))
+    empty = staticmethod(_on_host(torch.empty))
+    full = staticmethod(_on_host(torch.full))
 
     def __init__(self):
         super().__init__("torch")
@@ -135,11 +152,32 @@ class _CpuTorchProxy(types.ModuleType):
     def __getattr__(self, name):
         return getattr(torch, name)
 
-    @staticmethod
-    def zeros(*args, **kwargs):
-        if str(kwargs.get("device", "")).startswith("cuda"):
-            kwargs["device"] = "cpu"
-        return torch.zeros(*args, **kwargs)
+
+# megatron-core modules that make their tensors with device="cuda"
+_HOST_TENSOR_MODULES = (
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.distrib_optimizer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.grad_scaler",
+)
+# ... and those that accept parameters by their CUDA type name ("torch.cuda.BFloat16Tensor")
+_CUDA_TYPE_NAME_MODULES = ("megatron.core.optimizer",)
+
+
+def _type_names_as_cuda(type_method):
+    @functools.wraps(type_method)
+    def type_(self, *args, **kwargs):
+        name = type_method(self, *args, **kwargs)
+        if args or kwargs or self.is_cuda:
+            return name
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith(_CUDA_TYPE_NAME_MODULES) and name.startswith("torch.") and ".cuda." not in name:
+            return "torch.cuda." + name[len("torch."):]
+        return name
+
+    type_.__mapo_cpu__ = True
+    return type_
 
 
 class _HostStream:
@@ -176,10 +214,12 @@ def install_cuda_shims() -> None:
     torch.cuda.current_stream = lambda *args, **kwargs: _HostStream()
     torch.cuda.stream = lambda stream=None: contextlib.nullcontext()
 
-    from megatron.core.pipeline_parallel import schedules
     from megatron.core.tensor_parallel import random as mcore_random
 
-    schedules.torch = _CpuTorchProxy()
+    for name in _HOST_TENSOR_MODULES:
+        importlib.import_module(name).torch = _CpuTorchProxy()
+    if not getattr(torch.Tensor.type, "__mapo_cpu__", False):
+        torch.Tensor.type = _type_names_as_cuda(torch.Tensor.type)
     # Recompute saves and restores the "CUDA" RNG state; on CPU the CPU generator is the one in use.
     mcore_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
     mcore_random._set_cuda_rng_state = lambda state, *args, **kwargs: None

@@ -224,5 +224,8 @@ def save_tiny_omni(path: str | Path, corpus: list[str], seed: int = 0) -> Path:
     )
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    # Qwen2_5OmniForConditionalGeneration.from_pretrained requires the talker's speaker table even
+    # without a talker; the released checkpoints ship one, the tiny model ships an empty one.
+    torch.save({}, path / "spk_dict.pt")
     (path / "mapo_demo.json").write_text(json.dumps({"seed": seed, "parameters": model.num_parameters()}))
     return path
