@@ -33,7 +33,7 @@ case "${MAPO_SHIP:-py_module}" in
     rm -rf "$stage"
     # build from a copy of what the package is made of, so no build/ directory lands in the checkout
     src="$(mktemp -d)"
-    cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/mapo_verl" "$repo/patches" "$src/"
+    cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/mapo_verl" "$repo/patches" "$repo/recipes" "$src/"
     "$python" -m pip install --quiet --no-deps --no-build-isolation --target "$stage" "$src"
     rm -rf "$src"
     export PYTHONPATH="$stage${PYTHONPATH:+:$PYTHONPATH}"  # the driver imports the copy the workers get
