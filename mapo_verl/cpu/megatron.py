@@ -160,6 +160,8 @@ _HOST_TENSOR_MODULES = (
     "megatron.core.optimizer.distrib_optimizer",
     "megatron.core.optimizer.clip_grads",
     "megatron.core.optimizer.grad_scaler",
+    "megatron.core.utils",  # its multi-tensor fallbacks (gradient norm without apex / TE)
+    "megatron.core.distributed.param_and_grad_buffer",
 )
 # ... and those that accept parameters by their CUDA type name ("torch.cuda.BFloat16Tensor")
 _CUDA_TYPE_NAME_MODULES = ("megatron.core.optimizer",)
