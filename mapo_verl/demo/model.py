@@ -176,20 +176,17 @@ def thinker_config(tokenizer, scale: int = 1, audio_layers: int | None = None, a
     )
 
 
-def save_tiny_omni_thinker(path: str | Path, corpus: list[str], seed: int = 0, clip_seconds: int = MAX_CLIP_SECONDS,
-                           **config_kwargs) -> Path:
-    """Write a tiny random Qwen2.5-Omni thinker with tokenizer and processor to ``path``
-    (``config_kwargs`` go to :func:`thinker_config`)."""
+def _save_tiny_model(path: str | Path, corpus: list[str], seed: int, clip_seconds: int, build_model) -> Path:
+    """Write ``build_model(tokenizer)`` (seeded with ``seed``, fp32) with the demo tokenizer and processor."""
     import torch
-    from transformers import GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import GenerationConfig
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(corpus)
     processor = omni_processor(tokenizer, clip_seconds)
-    config = thinker_config(tokenizer, **config_kwargs)
     torch.manual_seed(seed)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(config).to(torch.float32)
+    model = build_model(tokenizer).to(torch.float32)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
     )
@@ -199,33 +196,30 @@ def save_tiny_omni_thinker(path: str | Path, corpus: list[str], seed: int = 0, c
     return path
 
 
+def save_tiny_omni_thinker(path: str | Path, corpus: list[str], seed: int = 0, clip_seconds: int = MAX_CLIP_SECONDS,
+                           **config_kwargs) -> Path:
+    """Write a tiny random Qwen2.5-Omni thinker with tokenizer and processor to ``path``
+    (``config_kwargs`` go to :func:`thinker_config`)."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    return _save_tiny_model(path, corpus, seed, clip_seconds, lambda tokenizer: (
+        Qwen2_5OmniThinkerForConditionalGeneration(thinker_config(tokenizer, **config_kwargs))))
+
+
 def save_tiny_omni(path: str | Path, corpus: list[str], seed: int = 0) -> Path:
-    """Write the demo thinker as a full ``Qwen2_5OmniForConditionalGeneration`` checkpoint (no talker:
-    ``enable_audio_output=False``), with tokenizer and processor, to ``path``.
+    """Write the demo thinker's configuration as a full ``Qwen2_5OmniForConditionalGeneration`` checkpoint
+    (no talker: ``enable_audio_output=False``; weights ``thinker.*``), with tokenizer and processor, to ``path``.
 
     Megatron-Bridge registers its Qwen2.5-Omni bridge for the full model class, so the Megatron
-    dry run (``recipes/mapo_tiny_cpu_megatron.yaml``) starts from this checkpoint; its weights are
-    the thinker's of :func:`save_tiny_omni_thinker` with the same ``seed``, under ``thinker.``.
+    dry run (``recipes/mapo_tiny_cpu_megatron.yaml``) starts from this checkpoint.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(corpus)
-    processor = omni_processor(tokenizer)
-    thinker = thinker_config(tokenizer)
-    config = Qwen2_5OmniConfig(thinker_config=thinker.to_dict(), enable_audio_output=False,
-                               architectures=["Qwen2_5OmniForConditionalGeneration"])
-    torch.manual_seed(seed)
-    model = Qwen2_5OmniForConditionalGeneration(config).to(torch.float32)
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
-    )
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    path = _save_tiny_model(path, corpus, seed, MAX_CLIP_SECONDS, lambda tokenizer: Qwen2_5OmniForConditionalGeneration(
+        Qwen2_5OmniConfig(thinker_config=thinker_config(tokenizer).to_dict(), enable_audio_output=False,
+                          architectures=["Qwen2_5OmniForConditionalGeneration"])))
     # Qwen2_5OmniForConditionalGeneration.from_pretrained requires the talker's speaker table even
     # without a talker; the released checkpoints ship one, the tiny model ships an empty one.
     torch.save({}, path / "spk_dict.pt")
-    (path / "mapo_demo.json").write_text(json.dumps({"seed": seed, "parameters": model.num_parameters()}))
     return path

@@ -14,56 +14,27 @@ wrote the metrics file and the collapse report; GRPO logs none of them.
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
+from tests.e2e.tiny_runs import MAPO_METRICS, launch_recipe, step_metrics
+
 pytestmark = pytest.mark.slow
 
 _STEPS = 2
-_METRIC = re.compile(r"(\S+?):(?:np\.\w+\()?(-?[\d.]+(?:e[-+]?\d+)?|nan|inf|-inf)\)?(?=\s-\s|$)")
-
-
-def step_metrics(log: str) -> dict[int, dict[str, float]]:
-    steps = {}
-    for line in log.splitlines():
-        match = re.search(r"step:(\d+) - (.*)$", line)
-        if match:
-            steps[int(match.group(1))] = {key: float(value) for key, value in _METRIC.findall(match.group(2))}
-    return steps
 
 
 def _full(tensor):
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-MAPO_METRICS = ("mapo/ablated_pass_s", "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_max",
-                 "mapo/attn_loss", "mapo/audio_mass", "mapo/audio_mass/decile_0", "mapo/pos_gate_frac")
-
-
 @pytest.fixture(scope="module", params=["grpo_tiny_cpu", "mapo_tiny_cpu"])
 def run(request, tmp_path_factory):
     recipe = request.param
-    root = tmp_path_factory.mktemp(recipe)
-    env = dict(os.environ, MAPO_DEMO_DIR=str(root / "demo"), MAPO_RUN_DIR=str(root / "runs"))
-    command = [
-        sys.executable, "-m", "mapo_verl.demo.launch", "--recipe", recipe,
-        f"trainer.total_training_steps={_STEPS}", f"trainer.save_freq={_STEPS}",
-    ]
-    start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, check=False)
-    wall = time.perf_counter() - start
-    console = result.stdout + result.stderr
-    full_log = root / "runs" / recipe / "main_ppo.log"  # the launcher keeps main_ppo's whole output there
-    log = console + (full_log.read_text() if full_log.is_file() else "")
-    print(f"{recipe}: {_STEPS} steps through main_ppo in {wall:.0f}s (exit {result.returncode})")
-    return {"recipe": recipe, "returncode": result.returncode, "log": log, "console": console, "root": root,
-            "wall": wall}
+    return launch_recipe(recipe, tmp_path_factory.mktemp(recipe),
+                         [f"trainer.total_training_steps={_STEPS}", f"trainer.save_freq={_STEPS}"], timeout=1200)
 
 
 def test_run_finishes_with_finite_metrics(run):

@@ -14,16 +14,12 @@ exactly the trained actor's weights after the last update; MAPO's metrics appear
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from tests.e2e.test_tiny_cpu_runs import MAPO_METRICS, step_metrics
+from tests.e2e.tiny_runs import MAPO_METRICS, launch_recipe, step_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +29,10 @@ _STEPS = 2
 @pytest.fixture(scope="module", params=["grpo_tiny_cpu_megatron", "mapo_tiny_cpu_megatron"])
 def run(request, tmp_path_factory):
     recipe = request.param
-    root = tmp_path_factory.mktemp(recipe)
-    env = dict(os.environ, MAPO_DEMO_DIR=str(root / "demo"), MAPO_RUN_DIR=str(root / "runs"))
-    command = [
-        sys.executable, "-m", "mapo_verl.demo.launch", "--recipe", recipe,
+    return launch_recipe(recipe, tmp_path_factory.mktemp(recipe), [
         f"trainer.total_training_steps={_STEPS}", f"trainer.save_freq={_STEPS}",
-        "actor_rollout_ref.actor.checkpoint.save_contents=[hf_model]",
-    ]
-    start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800, check=False)
-    wall = time.perf_counter() - start
-    full_log = root / "runs" / recipe / "main_ppo.log"
-    log = result.stdout + result.stderr + (full_log.read_text() if full_log.is_file() else "")
-    print(f"{recipe}: {_STEPS} steps through main_ppo (Megatron, TP=2) in {wall:.0f}s (exit {result.returncode})")
-    return {"recipe": recipe, "returncode": result.returncode, "log": log, "root": root, "wall": wall}
+        "actor_rollout_ref.actor.checkpoint.save_contents=[hf_model]",  # the trained weights, HF names
+    ], timeout=1800)
 
 
 def test_run_finishes_with_finite_metrics(run):

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from tests.e2e.test_tiny_cpu_runs import step_metrics
+from tests.e2e.tiny_runs import step_metrics
 
 pytestmark = pytest.mark.slow
 
