@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mapo_verl.core.contract import MAPO_ENGINE_VENDOR, MAPO_ESTIMATOR
 from mapo_verl.verl_ext.validation import check_mapo_config, local_model_config
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ GROUP_ESTIMATORS = ("grpo", "mapo")
 _ACTOR = "actor_rollout_ref.actor"
 _ROLLOUT = "actor_rollout_ref.rollout"
 _REF = "actor_rollout_ref.ref"
+_ENGINE_VENDOR_KEY = "ray_kwargs.ray_init.runtime_env.env_vars"
 
 
 def _get(config: DictConfig, key: str, default: Any = None) -> Any:
@@ -220,6 +223,8 @@ def megatron_audio_model_problems(config: DictConfig, hf_config: PretrainedConfi
       model (``use_remove_padding`` must be false).
     - Context parallelism: the Omni thinkers split the sequence over CP ranks themselves, after veRL has split
       it (twice split); for Qwen2-Audio veRL's split separates audio placeholders from their features.
+    - Runs without MAPO's estimator (the GRPO twins) must select MAPO's engines (``VERL_ENGINE_VENDOR=mapo``):
+      veRL's own Megatron forward drops audio inputs without a word.
     """
     from mapo_verl.patches.audio_models import audio_family
 
@@ -244,6 +249,14 @@ def megatron_audio_model_problems(config: DictConfig, hf_config: PretrainedConfi
             f"separated from their features): set {prefix}.context_parallel_size=1"))
         problems.require(not _get(config, f"{prefix}.dynamic_context_parallel", False), (
             f"{prefix}.dynamic_context_parallel=true is not supported for {name}: set it to false"))
+    on_megatron = any(_get(config, f"{section}.strategy") == "megatron" for section in (_ACTOR, _REF))
+    if on_megatron and _get(config, "algorithm.adv_estimator") != MAPO_ESTIMATOR:
+        vendor = _get(config, f"{_ENGINE_VENDOR_KEY}.VERL_ENGINE_VENDOR") or os.environ.get("VERL_ENGINE_VENDOR")
+        problems.require(vendor == MAPO_ENGINE_VENDOR, (
+            f"{name} on Megatron without MAPO's estimator trains on veRL's own Megatron engine, whose forward passes "
+            f"image/video inputs only: the audio features would be silently dropped. Set "
+            f"{_ENGINE_VENDOR_KEY}.VERL_ENGINE_VENDOR={MAPO_ENGINE_VENDOR} (MAPO's engine carries them and, without a "
+            f"MAPO config, trains exactly as veRL's)"))
     return problems
 
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from mapo_verl.verl_ext.recipe_checks import check_launch_consistency, megatron_audio_model_problems
 
-from .conftest import RECIPES
+from tests.recipes.conftest import RECIPES
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -28,7 +28,27 @@ def _trainer(**megatron) -> OmegaConf:
                **megatron}
     return OmegaConf.create({"actor_rollout_ref": {
         "actor": {"strategy": "megatron", "megatron": dict(section)},
-        "ref": {"strategy": "megatron", "megatron": dict(section)}}})
+        "ref": {"strategy": "megatron", "megatron": dict(section)}},
+        "algorithm": {"adv_estimator": "mapo"}})
+
+
+@pytest.mark.parametrize("model", ["omni", "qwen2_audio"])
+def test_a_grpo_twin_on_megatron_must_select_mapo_s_engine(model, monkeypatch):
+    """veRL's own Megatron forward drops audio inputs: without MAPO's estimator (whose worker selects MAPO's
+    engines itself) the run must set VERL_ENGINE_VENDOR=mapo, or it would train on placeholders without audio."""
+    monkeypatch.delenv("VERL_ENGINE_VENDOR", raising=False)
+    key = "ray_kwargs.ray_init.runtime_env.env_vars.VERL_ENGINE_VENDOR"
+    grpo = _trainer()
+    grpo.algorithm.adv_estimator = "grpo"
+    problems = megatron_audio_model_problems(grpo, _configs()[model])
+    assert len(problems) == 1 and key in problems[0] and "silently dropped" in problems[0], problems
+    assert megatron_audio_model_problems(grpo, _configs()["text"]) == []  # a text model loses nothing
+    assert megatron_audio_model_problems(_trainer(), _configs()[model]) == []  # MAPO's worker selects it
+    monkeypatch.setenv("VERL_ENGINE_VENDOR", "mapo")  # set in the launching shell: Ray workers inherit it
+    assert megatron_audio_model_problems(grpo, _configs()[model]) == []
+    monkeypatch.delenv("VERL_ENGINE_VENDOR")
+    OmegaConf.update(grpo, key, "mapo", force_add=True)
+    assert megatron_audio_model_problems(grpo, _configs()[model]) == []
 
 
 def test_good_settings_pass_for_every_audio_model():
