@@ -4,11 +4,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from verl.trainer.ppo.core_algos import agg_loss
 
 from mapo_verl.core import (
     LOSS_AGG_MODES,
-    aggregate_token_losses,
     attention_objective,
     attention_objective_from_coefficients,
     attention_token_coefficients,
@@ -106,21 +104,6 @@ def test_nan_mass_outside_the_gate_is_ignored():
     mass = torch.tensor([[0.5, float("nan")]])
     value = attention_objective(mass, torch.tensor([[1, 0]]), torch.ones(1, 2))
     assert torch.isfinite(value)
-
-
-@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
-@pytest.mark.parametrize("global_info", [None, {"dp_size": 2, "batch_num_tokens": 40, "global_batch_size": 8}])
-def test_aggregation_matches_verl_agg_loss(mode, global_info):
-    """Our aggregation is veRL's agg_loss (modulo veRL's 1e-8 row epsilon, absent in float32)."""
-    torch.manual_seed(1)
-    loss_mat = torch.randn(4, 6)
-    mask = (torch.rand(4, 6) > 0.3).float()
-    mask[0] = 0  # an empty row
-    info = global_info or {}
-    want = agg_loss(loss_mat, mask, mode, **info)
-    got = aggregate_token_losses(loss_mat, mask.bool(), mode, num_sequences=info.get("global_batch_size"),
-                                 num_tokens=info.get("batch_num_tokens"), dp_size=info.get("dp_size", 1))
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_micro_batch_split_invariance_with_global_normalisers():
