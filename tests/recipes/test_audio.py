@@ -5,7 +5,7 @@ import pytest
 
 from mapo_verl.data.audio import AudioDecodeError, load_audio, read_audio, resample
 
-from .conftest import tone, write_wav
+from tests.recipes.conftest import tone, write_wav
 
 
 @pytest.mark.parametrize("width,tolerance", [(1, 1 / 100), (2, 1 / 30000), (3, 1 / 4e6)])

@@ -8,7 +8,7 @@ import pytest
 
 from mapo_verl.data.mcqa import normalize_record
 
-from .conftest import load_script, tone, write_wav
+from tests.recipes.conftest import load_script, tone, write_wav
 
 evaluate = load_script("evaluate")
 

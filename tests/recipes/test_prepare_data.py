@@ -9,7 +9,7 @@ import pytest
 from mapo_verl.data.audio import load_audio
 from mapo_verl.data.mcqa import BAD_ROW_KINDS, DEFAULT_INSTRUCTION
 
-from .conftest import load_script, tone, write_wav
+from tests.recipes.conftest import load_script, tone, write_wav
 
 prepare_data = load_script("prepare_data")
 RATE = 16000

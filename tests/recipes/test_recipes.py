@@ -14,7 +14,7 @@ from mapo_verl.config import AUTHORS_VERL_SETTINGS
 from mapo_verl.verl_ext.recipe_checks import cluster_problems, launch_problems
 from mapo_verl.verl_ext.recipe_checks import main as check_main
 
-from .conftest import RECIPES
+from tests.recipes.conftest import RECIPES
 
 MODELS = {  # recipe stem -> (nodes, GPUs per node, strategy)
     "qwen25_omni_7b_megatron": (2, 8, "megatron"),

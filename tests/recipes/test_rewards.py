@@ -65,7 +65,7 @@ def test_recipe_reward_config_loads_through_verl_and_scores():
     from hydra import compose, initialize_config_dir
     from verl.trainer.ppo.reward import get_custom_reward_fn
 
-    from .conftest import RECIPES
+    from tests.recipes.conftest import RECIPES
 
     with initialize_config_dir(config_dir=str(RECIPES), version_base=None):
         config = compose(config_name="mapo_qwen25_omni_3b_fsdp")

@@ -24,15 +24,11 @@ completely.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vllm_loaders import FAMILIES, simulate_load, vllm_parameters  # noqa: E402
+from tests.weights.vllm_loaders import FAMILIES, simulate_load, vllm_parameters
 
 VOCAB = 64
 _AUDIO = dict(num_mel_bins=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16)
