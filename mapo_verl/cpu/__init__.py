@@ -15,11 +15,14 @@ users see no change. When on, in every process that imports veRL it:
   ``VERL_ENGINE_DEVICE`` switch, unless the user set it, and keeps the FSDP engine's
   reference-model CPU offload from pinning memory (pinning needs an accelerator);
 - registers the ``hf`` rollout backend (:mod:`mapo_verl.cpu.rollout`) in veRL's rollout
-  registries, when veRL imports them.
+  registries, when veRL imports them;
+- where Megatron-Bridge is installed, installs :mod:`mapo_verl.cpu.megatron` when the first
+  Megatron engine is created (Transformer Engine stand-in, local layer spec, CUDA stand-ins).
 
-A run also needs, in its config: FSDP2 for actor and ref (FSDP1 refuses CPU parameters),
-``sdpa`` attention, ``trainer.device=cpu``, fake Ray GPUs (``+ray_kwargs.ray_init.num_gpus``)
-and enough logical CPUs; ``recipes/grpo_tiny_cpu.yaml`` sets all of it.
+A run also needs, in its config: FSDP2 for actor and ref (FSDP1 refuses CPU parameters) or
+Megatron in bf16 with local attention, ``sdpa`` attention, ``trainer.device=cpu``, fake Ray GPUs
+(``+ray_kwargs.ray_init.num_gpus``) and enough logical CPUs; ``recipes/parts/tiny_cpu.yaml`` and
+``recipes/parts/tiny_cpu_megatron.yaml`` set all of it.
 """
 
 from __future__ import annotations
