@@ -86,8 +86,10 @@ def test_interrupt_then_resume_keeps_every_step(demo_assets, good_rows, tmp_path
     env = _env(tmp_path)
     run_dir = tmp_path / "mapo_tiny_cpu"
 
+    # A terminal's foreground process takes Ctrl-C; a shell's background job (e.g. a CI script started with
+    # `&`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler: restore the default.
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 900
         while _checkpointed_step(tmp_path) < 2 and first.poll() is None and time.monotonic() < deadline:
