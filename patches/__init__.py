@@ -42,6 +42,8 @@ def apply_audio_model_patches() -> None:
     - :mod:`mapo_verl.patches.processors`: ``hf_processor`` loads their processors (veRL
       rejects them) and binds the Omni thinkers' multimodal-RoPE index for position ids;
     - :mod:`mapo_verl.patches.model_class`: the FSDP engine loads them with their LM head;
+    - :mod:`mapo_verl.patches.checkpoint_names`: the FSDP engine trains a full Omni checkpoint's
+      thinker, and its weight sync sends the checkpoint's names (the ones vLLM loads);
     - :mod:`mapo_verl.patches.fsdp_wrap`: FSDP2 shards their nested encoder/layer classes
       inner-first (the Omni thinkers' audio and vision encoders);
     - :mod:`mapo_verl.patches.position_ids`: their [4, seq] mRoPE position ids survive
@@ -63,6 +65,7 @@ def apply_audio_model_patches() -> None:
     require_tested_verl()
     from mapo_verl.patches import (
         agent_loop,
+        checkpoint_names,
         dataset_checks,
         faults,
         fsdp_wrap,
@@ -75,6 +78,7 @@ def apply_audio_model_patches() -> None:
     processors.install()
     megatron_bridge.install()
     model_class.install()
+    checkpoint_names.install()
     fsdp_wrap.install()
     position_ids.install()
     agent_loop.install()

@@ -31,8 +31,8 @@ from mapo_verl.verl_ext.validation import check_mapo_config, local_model_config
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-__all__ = ["GROUP_ESTIMATORS", "launch_problems", "megatron_audio_model_problems", "cluster_problems",
-           "check_launch_consistency", "install_config_check", "main"]
+__all__ = ["GROUP_ESTIMATORS", "launch_problems", "megatron_audio_model_problems", "rollout_checkpoint_problems",
+           "cluster_problems", "check_launch_consistency", "install_config_check", "main"]
 
 # Advantage estimators that normalise within a group of rollout.n responses per prompt.
 GROUP_ESTIMATORS = ("grpo", "mapo")
@@ -260,10 +260,28 @@ def megatron_audio_model_problems(config: DictConfig, hf_config: PretrainedConfi
     return problems
 
 
+# thinker-only Omni checkpoints: vLLM 0.24.0 registers the Omni models under their full architectures only
+_THINKER_ONLY_MODEL_TYPES = ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker")
+
+
+def rollout_checkpoint_problems(config: DictConfig, hf_config: PretrainedConfig | None) -> list[str]:
+    """A vLLM rollout of a thinker-only Omni checkpoint (``docs/DESIGN.md``, "Patches"): vLLM cannot serve it,
+    and would fail only once the workers are up. The full checkpoint serves, and the actor trains its thinker."""
+    model_type = getattr(hf_config, "model_type", None)
+    if _get(config, f"{_ROLLOUT}.name") != "vllm" or model_type not in _THINKER_ONLY_MODEL_TYPES:
+        return []
+    return [(f"actor_rollout_ref.model.path={_get(config, 'actor_rollout_ref.model.path')!r} is a thinker-only "
+             f"checkpoint ({model_type}); vLLM serves Qwen2.5-Omni / Qwen3-Omni only as full checkpoints: point "
+             "actor_rollout_ref.model.path at the full one (e.g. Qwen/Qwen2.5-Omni-3B), whose thinker the actor "
+             "trains")]
+
+
 def check_launch_consistency(config: DictConfig) -> None:
-    """Raise one ``ValueError`` listing every problem of :func:`launch_problems` and
-    :func:`megatron_audio_model_problems`."""
-    problems = launch_problems(config) + megatron_audio_model_problems(config, local_model_config(config))
+    """Raise one ``ValueError`` listing every problem of :func:`launch_problems`,
+    :func:`megatron_audio_model_problems` and :func:`rollout_checkpoint_problems`."""
+    hf_config = local_model_config(config)
+    problems = (launch_problems(config) + megatron_audio_model_problems(config, hf_config)
+                + rollout_checkpoint_problems(config, hf_config))
     if problems:
         raise ValueError("inconsistent launch config (checked before Ray starts):\n  - " + "\n  - ".join(problems))
 

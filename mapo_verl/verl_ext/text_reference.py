@@ -23,6 +23,7 @@ from copy import deepcopy
 from omegaconf import open_dict
 
 from mapo_verl.core.contract import CONFIG_PREFIX
+from mapo_verl.patches.checkpoint_names import trained_config
 
 __all__ = ["TEXT_REF_KEY", "TEXT_REF_MESH", "text_reference_mismatch", "check_text_reference",
            "text_reference_model_section", "build_text_reference"]
@@ -39,9 +40,11 @@ def _vocab_size(hf_config):
 def text_reference_mismatch(actor_config, actor_tokenizer, text_config, text_tokenizer) -> str | None:
     """Why the text reference cannot read the actor's token ids (``None`` when it can).
 
-    Compares the HF configs' ``model_type`` and (text) ``vocab_size``, then the tokenizers'
-    token → id maps, naming the first token that differs.
+    Compares the ``model_type`` and (text) ``vocab_size`` of the modules trained from the two checkpoints
+    (a full Omni checkpoint's thinker and a thinker-only one match), then the tokenizers' token → id maps,
+    naming the first token that differs.
     """
+    actor_config, text_config = trained_config(actor_config), trained_config(text_config)
     if actor_config.model_type != text_config.model_type:
         return f"its model_type is {text_config.model_type!r}, the actor's {actor_config.model_type!r}"
     actor_size, text_size = _vocab_size(actor_config), _vocab_size(text_config)

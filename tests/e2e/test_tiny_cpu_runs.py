@@ -63,7 +63,9 @@ def test_actor_weights_changed_and_rollout_served_them(run):
 
     assert run["returncode"] == 0, run["log"][-3000:]
     root = run["root"]
-    initial = load_file(ensure_demo_assets(root / "demo").model_dir / "model.safetensors")
+    checkpoint_names = load_file(ensure_demo_assets(root / "demo").omni_model_dir / "model.safetensors")
+    assert all(name.startswith("thinker.") for name in checkpoint_names)  # a full Omni checkpoint, talker-less
+    initial = {name.removeprefix("thinker."): tensor for name, tensor in checkpoint_names.items()}
     checkpoint = root / "runs" / run["recipe"] / "checkpoints" / f"global_step_{_STEPS}" / "actor"
     saved = torch.load(checkpoint / "model_world_size_1_rank_0.pt", weights_only=False)
     trained = {name: _full(tensor) for name, tensor in saved.items()}

@@ -64,6 +64,19 @@ def test_same_tokenizer_and_config_match(tokenizers):
     assert text_reference_mismatch(config, tokenizer, thinker_config(tokenizer), tokenizer) is None
 
 
+def test_a_full_omni_checkpoint_matches_its_thinker_alone(tokenizers):
+    """The actor trains a full Omni checkpoint's thinker: a thinker-only text reference reads its ids."""
+    from transformers import Qwen2_5OmniConfig
+
+    tokenizer = tokenizers[0]
+    thinker = thinker_config(tokenizer)
+    full = Qwen2_5OmniConfig(thinker_config=thinker.to_dict())
+    assert text_reference_mismatch(full, tokenizer, thinker, tokenizer) is None
+    bigger = thinker_config(tokenizer)
+    bigger.text_config.vocab_size += 8
+    assert "vocab_size is" in text_reference_mismatch(full, tokenizer, bigger, tokenizer)
+
+
 def test_another_tokenizer_of_the_same_size_is_a_mismatch(tokenizers):
     actor, other = tokenizers
     assert len(actor) == len(other) and actor.get_vocab() != other.get_vocab()  # the release's size check passes

@@ -11,15 +11,14 @@ which transformers 5 classes no longer carry) and ``verl.workers.engine.fsdp.uti
 (transformers 5's packed MoE experts back to per-expert names). FSDP2's ``fully_shard`` adds no name prefix,
 so the unwrapped module's state dict has the same names.
 
-Finding (transformers 5.10 / veRL 0.9.1 / vLLM 0.24.0): none of the three models' FSDP names load into vLLM.
+Finding (transformers 5.10 / veRL 0.9.1 / vLLM 0.24.0): none of the three models' module names load into vLLM.
 The Omni thinkers' names lack the ``thinker.`` prefix that vLLM's Omni classes map from (vLLM serves the Omni
 architectures with its thinker class, whose children are ``audio_tower``, ``visual``, ``language_model``:
 ``model.*`` and ``lm_head.*`` have no module and ``load_weights`` raises); under transformers 5.10 Qwen2-Audio's
 names (``model.language_model.*``, ``model.audio_tower.*``, ``lm_head.*``) are not the checkpoint layout
-vLLM's ``Qwen2AudioForConditionalGeneration`` loads, and it has no mapper (transformers 5.8 and 5.9, which
-veRL's ``vllm`` extra pins, keep the checkpoint layout in memory, which the rules accept). Those tests are
-strict ``xfail`` until the weight sync renames the names; the checkpoint layouts vLLM is written for load
-completely.
+vLLM's ``Qwen2AudioForConditionalGeneration`` loads, and it has no mapper. ``mapo_verl.patches.checkpoint_names``
+maps them back to the checkpoint's names at sync; the tests below check the patched names load completely and
+pin that veRL's own names would not.
 """
 
 from __future__ import annotations
@@ -75,13 +74,31 @@ def is_tied(model: torch.nn.Module) -> bool:
     return bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
 
 
-def fsdp_sync_names(model: torch.nn.Module) -> list[str]:
-    """The names ``FSDPEngine.get_per_tensor_param`` yields for ``model`` (veRL 0.9.1's own functions)."""
+def verl_module_names(model: torch.nn.Module) -> list[str]:
+    """The names veRL 0.9.1's ``FSDPEngine.get_per_tensor_param`` yields for ``model`` (its own functions)."""
     from verl.utils.model import convert_weight_keys
     from verl.workers.engine.fsdp.utils import unfuse_moe_params
 
     params = convert_weight_keys(model.state_dict(), model)
     return [name for name, _ in unfuse_moe_params(params.items(), model.config.model_type)]
+
+
+def checkpoint_config(family: str, model: torch.nn.Module):
+    """The config of the checkpoint vLLM serves the family from: the full Omni model, or Qwen2-Audio itself."""
+    if family == "qwen25_omni":
+        return transformers.Qwen2_5OmniConfig(thinker_config=model.config.to_dict())
+    if family == "qwen3_omni":
+        return transformers.Qwen3OmniMoeConfig(thinker_config=model.config.to_dict())
+    return model.config
+
+
+def fsdp_sync_names(family: str, model: torch.nn.Module) -> list[str]:
+    """The names the patched engine sends: veRL's, through the checkpoint-name rule of the served checkpoint."""
+    from mapo_verl.patches.checkpoint_names import checkpoint_name_rule
+
+    rule = checkpoint_name_rule(checkpoint_config(family, model))
+    assert rule is not None, family
+    return [rule(name) for name in verl_module_names(model)]
 
 
 def shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -99,7 +116,7 @@ def checkpoint_names(family: str, model: torch.nn.Module) -> list[str]:
     if family == "qwen25_omni":
         config = transformers.Qwen2_5OmniConfig(thinker_config=model.config.to_dict())
         return list(_on_meta(transformers.Qwen2_5OmniForConditionalGeneration, config).state_dict())
-    names = fsdp_sync_names(model)
+    names = verl_module_names(model)
     if family == "qwen3_omni":
         return ["thinker." + name for name in names]
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping
@@ -130,29 +147,28 @@ def test_checkpoint_layout_loads_completely(family, tied):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_fsdp_sync_names_load_into_vllm(family, request):
-    model = actor_model(family)
-    names = fsdp_sync_names(model)
-    if family != "qwen2_audio" or any(name.startswith("model.") for name in names):
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "veRL 0.9.1's FSDP weight sync sends the transformers module names; vLLM 0.24.0 rejects them (Omni "
-            "thinkers: no 'thinker.' prefix; Qwen2-Audio under transformers 5.10: 'model.language_model.' "
-            "layout, and vLLM's Qwen2-Audio has no mapper)")))
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_fsdp_sync_names_load_into_vllm(family, tied):
+    """Every name the patched sync sends lands in a vLLM parameter, and every vLLM parameter is filled."""
+    if family == "qwen3_omni" and tied:
+        pytest.skip("Qwen3-Omni thinkers are untied (the text config has no tie_word_embeddings)")
+    model = actor_model(family, tied)
     rules = FAMILIES[family]
     params = vllm_parameters(rules, shapes(model), tied=is_tied(model))
-    report = simulate_load(rules, names, params, tied=is_tied(model))
+    report = simulate_load(rules, fsdp_sync_names(family, model), params, tied=is_tied(model))
     assert report.problems == [], "\n".join(report.problems[:12])
+    assert report.loaded
+    assert all(tied and "lm_head" in name for name in report.skipped)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_fsdp_sync_names_are_rejected_at_the_language_model_root(family):
-    """Pins the finding: exactly the names under the HF language-model roots are rejected, loudly."""
+def test_verls_own_sync_names_are_rejected_at_the_language_model_root(family):
+    """Pins why the patch exists: veRL's names under the HF language-model roots are rejected, loudly."""
     model = actor_model(family)
     rules = FAMILIES[family]
-    report = simulate_load(rules, fsdp_sync_names(model), vllm_parameters(rules, shapes(model), tied=False),
-                           tied=False)
+    sent = verl_module_names(model)
+    report = simulate_load(rules, sent, vllm_parameters(rules, shapes(model), tied=False), tied=False)
     roots = ("model.", "lm_head.")
-    sent = fsdp_sync_names(model)
     assert sorted(report.rejected) == sorted(n for n in sent if n.startswith(roots))
     assert report.dropped == {}
 
