@@ -8,7 +8,7 @@ from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import mapo_verl.hf.probe as probe_module
-from attention_testlib import (
+from tests.attention.attention_testlib import (
     AUDIO_ID,
     explicit_audio_mass,
     omni_samples,

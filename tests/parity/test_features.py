@@ -15,7 +15,7 @@ from mapo_verl.audio_inputs import VISION_FEATURE_KEYS, ablate_audio, audio_key_
 from mapo_verl.config import MAPOConfig
 from mapo_verl.core import audio_lift
 from mapo_verl.core.contract import FAILED_FIELD
-from mapo_verl.step import folded_advantages, relevance_for_batch, relevance_metrics
+from mapo_verl.batch_relevance import folded_advantages, relevance_for_batch, relevance_metrics
 from mapo_verl.verl_ext.attention_branch import MassStatistics
 from mapo_verl.verl_ext.trainer import _task_failed
 from mapo_verl.verl_ext.validation import check_mapo_config

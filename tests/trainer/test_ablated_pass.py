@@ -22,7 +22,7 @@ from mapo_verl.audio_inputs import ablate_audio, audio_token_id, has_audio
 from mapo_verl.config import MAPOConfig
 from mapo_verl.core import fold_relevance_into_advantages
 from mapo_verl.core.contract import ABLATION_MODES, ABLATION_SEED_KEY, HAS_AUDIO_FIELD
-from mapo_verl.step import folded_advantages, relevance_for_batch
+from mapo_verl.batch_relevance import folded_advantages, relevance_for_batch
 from mapo_verl.verl_ext.worker import ablate_batch
 from tests.trainer.audio_models_testlib import save_tiny_omni, save_tiny_qwen3_omni, tone_clip
 
