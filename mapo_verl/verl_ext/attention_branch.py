@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from tensordict import TensorDict
 
-from mapo_verl.audio_inputs import audio_key_mask
+from mapo_verl.modalities import key_mask
 from mapo_verl.config import AttentionLossConfig, MAPOConfig
 from mapo_verl.core import (
     NUM_DECILES,
@@ -89,7 +89,7 @@ def audio_keys_per_row(input_ids: torch.Tensor, audio_ids: tuple[int, ...]) -> t
     lengths = input_ids.offsets().diff()
     rows = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
     hits = torch.zeros(len(lengths), dtype=torch.long, device=lengths.device)
-    hits.index_add_(0, rows, audio_key_mask(input_ids.values(), audio_ids).long())
+    hits.index_add_(0, rows, key_mask(input_ids.values(), audio_ids).long())
     return hits
 
 

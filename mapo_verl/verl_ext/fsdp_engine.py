@@ -47,7 +47,7 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.padding import no_padding_2_padding
 
-from mapo_verl.audio_inputs import audio_key_mask, audio_key_token_ids
+from mapo_verl.modalities import AUDIO, key_mask, key_token_ids
 from mapo_verl.config import AttentionLossConfig
 from mapo_verl.core.contract import ATTN_LOSS_METRIC, CONFIG_PREFIX, MAPO_ENGINE_VENDOR
 from mapo_verl.hf import AudioMassProbe, MassCapture
@@ -119,7 +119,7 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             )
         if tu.get_non_tensor_data(data=data, key="distillation_use_topk", default=False):
             raise NotImplementedError(f"{CONFIG_PREFIX}.attention.coef > 0 cannot be combined with top-k distillation")
-        audio_ids = audio_key_token_ids(self.module, attention.include_audio_markers)
+        audio_ids = key_token_ids(self.module, [AUDIO], attention.include_audio_markers)
         return _AttentionUpdate(AttentionBranch.begin(data, attention, actor_config, audio_ids,
                                                     self.get_data_parallel_group(), get_device_id()))
 
@@ -130,7 +130,7 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         update = self._mapo_update
         if update is not None:
             input_ids = model_inputs["input_ids"]
-            audio = audio_key_mask(input_ids, update.branch.audio_ids)
+            audio = key_mask(input_ids, update.branch.audio_ids)
             attention_mask = model_inputs.get("attention_mask")
             if attention_mask is not None:  # padded layout [B, S]
                 audio &= attention_mask.bool()

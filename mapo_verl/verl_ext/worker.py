@@ -27,7 +27,7 @@ from verl.single_controller.base.decorator import Dispatch, make_nd_compute_data
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 
-from mapo_verl.audio_inputs import ablate_audio, has_audio
+from mapo_verl.modalities import AUDIO, ablate_audio, has_modality
 from mapo_verl.config import MAPOConfig, mapo_config_from
 from mapo_verl.core.contract import (
     ABLATED_ENTROPY_FIELD,
@@ -90,7 +90,7 @@ def ablate_batch(data: TensorDict, mapo: MAPOConfig) -> torch.Tensor:
     if samples is None:
         samples = [None] * batch_size
     generator = torch.Generator().manual_seed(int(seed))
-    flags = torch.tensor([has_audio(sample) for sample in samples], dtype=torch.int64)
+    flags = torch.tensor([has_modality(sample, AUDIO) for sample in samples], dtype=torch.int64)
     if bool(flags.any()):
         ablated = [ablate_audio(sample, mapo.ablation, noise_scale=mapo.noise_scale, generator=generator,
                                 scope=mapo.text_only_modality_scope) for sample in samples]
