@@ -47,11 +47,11 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.padding import no_padding_2_padding
 
-from mapo_verl.modalities import AUDIO, key_mask, key_token_ids
+from mapo_verl.modalities import key_mask
 from mapo_verl.config import AttentionLossConfig
 from mapo_verl.core.contract import ATTN_LOSS_METRIC, CONFIG_PREFIX, MAPO_ENGINE_VENDOR
 from mapo_verl.hf import AudioMassProbe, MassCapture
-from mapo_verl.verl_ext.attention_branch import AttentionBranch, MassStatistics, attention_settings
+from mapo_verl.verl_ext.attention_branch import AttentionBranch, MassStatistics, attention_key_ids, attention_settings
 
 __all__ = ["MAPOFSDPEngineWithLMHead"]
 
@@ -119,7 +119,7 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             )
         if tu.get_non_tensor_data(data=data, key="distillation_use_topk", default=False):
             raise NotImplementedError(f"{CONFIG_PREFIX}.attention.coef > 0 cannot be combined with top-k distillation")
-        audio_ids = key_token_ids(self.module, [AUDIO], attention.include_audio_markers)
+        audio_ids = attention_key_ids(self.module, actor_config)
         return _AttentionUpdate(AttentionBranch.begin(data, attention, actor_config, audio_ids,
                                                     self.get_data_parallel_group(), get_device_id()))
 
