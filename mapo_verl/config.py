@@ -21,6 +21,7 @@ from verl.base_config import BaseConfig
 from verl.workers.config import PolicyLossConfig
 
 from mapo_verl.core.contract import ABLATION_MODES, CONFIG_PREFIX, HEAD_REDUCTIONS, LAYER_REDUCTIONS, MODALITY_SCOPES
+from mapo_verl.modalities import MODALITIES, VISUAL_ABLATION_MODES
 
 __all__ = [
     "POS_CONTENT_TAGS",
@@ -182,9 +183,14 @@ class MAPOConfig(BaseConfig):
     Args:
         tau_base: τ_base > 0 of the length-scaled temperature τ_T = τ_base·log(max(T, 2)).
         mask_cap: C_mask, cap of ω̃ and ν̃: a number >= 1, or 0 for no cap.
-        ablation: how the audio is removed for the reference pass: ``drop`` (drop the
-            audio features, keep the placeholder tokens — as the authors), ``zero``
-            (silent features), ``noise`` (Gaussian features of the same per-sample scale).
+        modalities: the non-text modalities MAPO acts on (docs/DESIGN.md, "Beyond audio"): the
+            ablated pass removes each of them, and the attention loss counts their placeholder (and
+            marker) tokens as keys. ``[audio]`` (the method's) by default; ``image`` and ``video``
+            for vision-language models.
+        ablation: how the modalities are removed for the reference pass: ``drop`` (drop the
+            features, keep the placeholder tokens — as the authors), ``zero`` (silent / black
+            features), ``noise`` (Gaussian features of the same per-sample scale); without audio
+            also ``patch_mask`` (a random half of the image patches blackened).
         ablation_reference: ``ref`` (the frozen reference, as the authors) or ``policy``
             (the current weights).
         text_ref_model: an HF model path whose entropies on the audio-ablated batch give H_abl
@@ -210,6 +216,7 @@ class MAPOConfig(BaseConfig):
 
     tau_base: float = 1.0
     mask_cap: float = 5.0
+    modalities: list[str] = field(default_factory=lambda: ["audio"])
     ablation: str = "drop"
     ablation_reference: str = "ref"
     text_ref_model: str | None = None
@@ -225,7 +232,13 @@ class MAPOConfig(BaseConfig):
                  self.tau_base)
         _require(_is_number(self.mask_cap) and (self.mask_cap >= 1 or self.mask_cap == 0), "", "mask_cap",
                  "a number >= 1, or 0 for no cap (C_mask)", self.mask_cap)
-        _require(self.ablation in ABLATION_MODES, "", "ablation", f"one of {list(ABLATION_MODES)}",
+        scalar = self.modalities is None or isinstance(self.modalities, (str, int, float))
+        names = None if scalar else list(self.modalities)
+        _require(bool(names) and all(name in MODALITIES for name in names) and len(set(names)) == len(names), "",
+                 "modalities", f"a non-empty list of distinct names from {sorted(MODALITIES)}", self.modalities)
+        object.__setattr__(self, "modalities", names)
+        modes = ABLATION_MODES if "audio" in names else VISUAL_ABLATION_MODES
+        _require(self.ablation in modes, "", "ablation", f"one of {list(modes)} for modalities {names}",
                  self.ablation)
         _require(self.ablation_reference in ("ref", "policy"), "", "ablation_reference", "one of ['ref', 'policy']",
                  self.ablation_reference)

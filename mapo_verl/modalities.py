@@ -1,23 +1,27 @@
-"""Non-text modalities beyond audio: which inputs carry them and how to remove them (pure torch, no veRL;
-docs/DESIGN.md, "Beyond audio").
+"""The non-text modalities a sample carries, and how to remove them (pure torch, no veRL import).
 
-Nothing in MAPO's math is audio-specific: Δh needs a pass with a modality removed, the attention
-loss needs that modality's key tokens. A :class:`Modality` names, for one modality, the keys of a
-sample's ``multi_modal_inputs`` that carry its signal (``feature_keys``), the keys that only
-describe its layout and stay so rope positions stay aligned (``layout_keys``: clip lengths, image /
-video grids), and the model-config attributes of its placeholder and marker token ids.
+Nothing in MAPO's math is audio-specific: Δh needs a pass with a modality removed, the attention loss needs
+that modality's key tokens (docs/DESIGN.md, "Beyond audio"). A :class:`Modality` names, for one modality,
+the keys of a sample's ``multi_modal_inputs`` that carry its signal (``feature_keys``), the keys that only
+describe its layout and stay so rope positions stay aligned (``layout_keys``: clip lengths, image / video
+grids), and the model-config attributes of its placeholder and marker token ids (top level, or an Omni
+``thinker_config``). The attention loss counts the placeholders and, by default, the markers as keys, as
+the authors' release does for audio.
 
-Audio keeps its home in :mod:`mapo_verl.audio_inputs`; :data:`AUDIO` points at it and
-:func:`ablate_modality` hands audio to :func:`mapo_verl.audio_inputs.ablate_audio`, so audio behaves
-bit for bit as before. Images and videos (Qwen2.5-VL, the Omni thinkers' vision inputs) are new:
+Ablations (the audio-ablated pass, docs/DESIGN.md "Step order"), per sample:
 
-- ``drop`` (the method's default): remove the pixel features, keep the placeholders and the grid;
-- ``zero`` / ``noise``: replace the features by zeros / Gaussian noise of the sample's own scale;
-- ``patch_mask``: blacken a random share of the patches (the random patch masking of the
-  grounding-RL peers), with the value a black pixel takes after the processor's normalisation;
-- ``mismatch`` (:func:`mismatch_images`, batch-level): another sample's image with the same grid.
+- ``drop`` (the authors'): remove the features; the placeholder tokens stay in ``input_ids`` with their
+  plain token embeddings and the layout keys stay, so response positions and rope positions stay aligned
+  whether the positions come with the batch or the model computes them (the Omni thinkers on
+  Megatron-Bridge);
+- ``zero``: keep the keys, replace the features by zeros (silence, for audio);
+- ``noise``: keep the keys, replace the features by Gaussian noise with the sample's own feature standard
+  deviation times ``noise_scale``;
+- images and video also: ``patch_mask`` (a random share of the patches blackened, as the grounding-RL peers
+  do) and, batch-level, :func:`mismatch_images` (another sample's image with the same grid).
 
-The modality is not yet wired into the trainer, worker or engines (they use :mod:`mapo_verl.audio_inputs`).
+For audio, ``scope="audio"`` (the authors' default) leaves image and video keys untouched; ``scope="all"``
+drops the image and video features of a sample with audio too (their grids stay).
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from mapo_verl.audio_inputs import AUDIO_FEATURE_KEYS, AUDIO_MASK_KEYS, ablate_audio
+from mapo_verl.core.contract import ABLATION_MODES, MODALITY_SCOPES
 
 __all__ = [
+    "AUDIO_FEATURE_KEYS",
+    "AUDIO_MASK_KEYS",
+    "AUDIO_MODEL_KEYS",
+    "VISION_FEATURE_KEYS",
     "Modality",
     "AUDIO",
     "IMAGE",
@@ -43,6 +51,7 @@ __all__ = [
     "key_token_ids",
     "key_mask",
     "has_modality",
+    "ablate_audio",
     "ablate_modality",
     "blacken_patches",
     "mismatch_images",
@@ -60,14 +69,21 @@ class Modality:
     marker_attrs: tuple[str, ...]  # config attributes naming its start / end marker ids
 
 
-AUDIO = Modality("audio", AUDIO_FEATURE_KEYS, AUDIO_MASK_KEYS, ("audio_token_id", "audio_token_index"),
-                 ("audio_start_token_id", "audio_end_token_id"))
+# Audio start / end markers: Qwen2.5-Omni <|audio_bos|>/<|audio_eos|>, Qwen3-Omni <|audio_start|>/<|audio_end|>,
+# none for Qwen2-Audio.
+AUDIO = Modality("audio", ("input_features",), ("feature_attention_mask", "audio_feature_lengths"),
+                 ("audio_token_id", "audio_token_index"), ("audio_start_token_id", "audio_end_token_id"))
 IMAGE = Modality("image", ("pixel_values",), ("image_grid_thw",), ("image_token_id", "image_token_index"),
                  ("vision_start_token_id", "vision_end_token_id"))
 VIDEO = Modality("video", ("pixel_values_videos",), ("video_grid_thw", "second_per_grid_ts", "video_second_per_grid"),
                  ("video_token_id", "video_token_index"), ("vision_start_token_id", "vision_end_token_id"))
 MODALITIES = {m.name: m for m in (AUDIO, IMAGE, VIDEO)}
-VISUAL_ABLATION_MODES = ("drop", "zero", "noise", "patch_mask")
+
+AUDIO_FEATURE_KEYS = AUDIO.feature_keys
+AUDIO_MASK_KEYS = AUDIO.layout_keys
+AUDIO_MODEL_KEYS = AUDIO_FEATURE_KEYS + AUDIO_MASK_KEYS  # the audio keys of a model call
+VISION_FEATURE_KEYS = IMAGE.feature_keys + VIDEO.feature_keys  # dropped with the audio under scope "all"
+VISUAL_ABLATION_MODES = ABLATION_MODES + ("patch_mask",)
 # The normalisation of Qwen2-VL / Qwen2.5-VL's image processor (OpenAI CLIP's mean and std, RGB).
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -154,20 +170,9 @@ def blacken_patches(features: torch.Tensor, ratio: float, *, generator: torch.Ge
     return out
 
 
-def ablate_modality(inputs: Mapping[str, Any] | None, kind: Modality, mode: str, *, noise_scale: float = 1.0,
-                    generator: torch.Generator | None = None, patch_ratio: float = 0.5,
-                    patch_group: int = 1) -> dict[str, Any] | None:
-    """A copy of ``inputs`` with ``kind`` removed according to ``mode``; samples without it come back
-    unchanged (``None`` stays ``None``). Audio: exactly :func:`mapo_verl.audio_inputs.ablate_audio`."""
-    if kind is AUDIO:
-        return ablate_audio(inputs, mode, noise_scale=noise_scale, generator=generator)
-    if mode not in VISUAL_ABLATION_MODES:
-        raise ValueError(f"{kind.name} ablation mode must be one of {list(VISUAL_ABLATION_MODES)}, got {mode!r}")
-    if inputs is None:
-        return None
+def _replace_features(inputs: Mapping[str, Any], kind: Modality, mode: str, noise_scale: float,
+                      generator: torch.Generator | None, patch_ratio: float, patch_group: int) -> dict[str, Any]:
     out = dict(inputs)
-    if not has_modality(inputs, kind):
-        return out
     for key in kind.feature_keys:
         features = inputs.get(key)
         if not isinstance(features, torch.Tensor):
@@ -180,6 +185,34 @@ def ablate_modality(inputs: Mapping[str, Any] | None, kind: Modality, mode: str,
             out[key] = _noise_like(features, noise_scale, generator)
         else:
             out[key] = blacken_patches(features, patch_ratio, generator=generator, group=patch_group)
+    return out
+
+
+def ablate_modality(inputs: Mapping[str, Any] | None, kind: Modality, mode: str, *, noise_scale: float = 1.0,
+                    generator: torch.Generator | None = None, patch_ratio: float = 0.5,
+                    patch_group: int = 1) -> dict[str, Any] | None:
+    """A copy of ``inputs`` with ``kind`` removed according to ``mode``; samples without it come back
+    unchanged (``None`` stays ``None``)."""
+    modes = ABLATION_MODES if kind is AUDIO else VISUAL_ABLATION_MODES
+    if mode not in modes:
+        raise ValueError(f"{kind.name} ablation mode must be one of {list(modes)}, got {mode!r}")
+    if inputs is None:
+        return None
+    if not has_modality(inputs, kind):
+        return dict(inputs)
+    return _replace_features(inputs, kind, mode, noise_scale, generator, patch_ratio, patch_group)
+
+
+def ablate_audio(inputs: Mapping[str, Any] | None, mode: str, *, noise_scale: float = 1.0,
+                 generator: torch.Generator | None = None, scope: str = "audio") -> dict[str, Any] | None:
+    """:func:`ablate_modality` for audio, with ``scope="all"`` also dropping the image / video features of a
+    sample with audio (the release's ``text_only_modality_scope``)."""
+    out = ablate_modality(inputs, AUDIO, mode, noise_scale=noise_scale, generator=generator)
+    if scope not in MODALITY_SCOPES:
+        raise ValueError(f"text_only_modality_scope must be one of {list(MODALITY_SCOPES)}, got {scope!r}")
+    if scope == "all" and has_modality(inputs, AUDIO):
+        for key in VISION_FEATURE_KEYS:
+            out.pop(key, None)
     return out
 
 

@@ -13,7 +13,7 @@ import threading
 from types import ModuleType
 from typing import Callable
 
-__all__ = ["when_imported", "replace_function"]
+__all__ = ["when_imported", "replace_function", "wrap_methods"]
 
 _lock = threading.Lock()
 _pending: dict[str, list[Callable[[ModuleType], None]]] = {}
@@ -94,3 +94,13 @@ def replace_function(home: str, name: str, wrap: Callable[[Callable], Callable],
             when_imported(importer, rebind)
 
     when_imported(home, patch_home)
+
+
+def wrap_methods(cls: type, marker: str, wrappers: dict[str, Callable[[Callable], Callable]]) -> None:
+    """Replace each ``cls.<name>`` by ``wrap(original)``, once: ``marker`` is set on ``cls`` and a second call
+    with it is a no-op."""
+    if getattr(cls, marker, False):
+        return
+    for name, wrap in wrappers.items():
+        setattr(cls, name, wrap(getattr(cls, name)))
+    setattr(cls, marker, True)

@@ -36,10 +36,12 @@ from mapo_verl.patches.audio_models import (
     audio_processor_inputs,
     check_audio_placeholders,
 )
+from mapo_verl.patches._hooks import wrap_methods
 from mapo_verl.patches.faults import ROLLOUT_ERROR_TAG, RolloutSampleError
 
 __all__ = ["install", "AGENT_LOOP_MODULE", "with_configured_repetition_penalty"]
 
+_MARKER = "__mapo_audio_patched__"
 # Continuous Token builder methods veRL calls through ``loop.run_in_executor``
 _EXECUTOR_BUILDER_METHODS = ("build_initial_tokens", "merge_context_tokens", "merge_assistant_tokens")
 
@@ -150,12 +152,10 @@ def _wrap_compute_multi_modal_inputs(original):
 
 
 def _patch(module) -> None:
-    worker = module.AgentLoopWorker
-    if getattr(worker, "__mapo_audio_patched__", False):
+    if getattr(module.AgentLoopWorker, _MARKER, False):
         return
-    worker._run_agent_loop = _wrap_run_agent_loop(worker._run_agent_loop)
-    worker._compute_multi_modal_inputs = _wrap_compute_multi_modal_inputs(worker._compute_multi_modal_inputs)
-    worker.__mapo_audio_patched__ = True
+    wrap_methods(module.AgentLoopWorker, _MARKER, {"_run_agent_loop": _wrap_run_agent_loop,
+                                                   "_compute_multi_modal_inputs": _wrap_compute_multi_modal_inputs})
     module.AgentLoopBase.__init__ = _wrap_agent_loop_init(module.AgentLoopBase.__init__)
 
 

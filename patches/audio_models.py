@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from mapo_verl.audio_inputs import AUDIO_FEATURE_KEYS
+from mapo_verl.modalities import AUDIO_FEATURE_KEYS
 
 __all__ = [
     "PROCESSOR_AUDIO_KEYS",

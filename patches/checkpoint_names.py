@@ -105,13 +105,10 @@ def _wrap_export(original: Callable) -> Callable:
 
 
 def _patch_engine(module) -> None:
-    engine = module.FSDPEngine
-    if getattr(engine, "__mapo_checkpoint_names__", False):
-        return
-    engine.__init__ = _wrap_init(engine.__init__)
-    engine.get_per_tensor_param = _wrap_export(engine.get_per_tensor_param)
-    engine.get_per_tensor_param_shard = _wrap_export(engine.get_per_tensor_param_shard)
-    engine.__mapo_checkpoint_names__ = True
+    from mapo_verl.patches._hooks import wrap_methods
+
+    wrap_methods(module.FSDPEngine, "__mapo_checkpoint_names__", {
+        "__init__": _wrap_init, "get_per_tensor_param": _wrap_export, "get_per_tensor_param_shard": _wrap_export})
 
 
 def install() -> None:

@@ -30,6 +30,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from mapo_verl.patches._hooks import wrap_methods
+
 __all__ = [
     "ROLLOUT_ERROR_TAG",
     "RolloutSampleError",
@@ -207,28 +209,22 @@ def _wrap_file_logger_init(module, original):
     return __init__
 
 
+_MARKER = "__mapo_faults_patched__"
+
+
 def _patch_trainer(module) -> None:
-    trainer = module.PPOTrainer
-    if getattr(trainer, "__mapo_faults_patched__", False):
-        return
-    trainer._build_replay_buffer = _wrap_build_replay_buffer(trainer._build_replay_buffer)
-    trainer._compute_metrics = _wrap_compute_metrics(trainer._compute_metrics)
-    trainer._load_checkpoint = _wrap_load_checkpoint(trainer._load_checkpoint)
-    trainer.__mapo_faults_patched__ = True
+    wrap_methods(module.PPOTrainer, _MARKER, {"_build_replay_buffer": _wrap_build_replay_buffer,
+                                              "_compute_metrics": _wrap_compute_metrics,
+                                              "_load_checkpoint": _wrap_load_checkpoint})
 
 
 def _patch_buffer(module) -> None:
-    buffer = module.ReplayBuffer
-    if not getattr(buffer, "__mapo_faults_patched__", False):
-        buffer._sync_metadata_from_transfer_queue = _wrap_sync_metadata(buffer._sync_metadata_from_transfer_queue)
-        buffer.__mapo_faults_patched__ = True
+    wrap_methods(module.ReplayBuffer, _MARKER, {"_sync_metadata_from_transfer_queue": _wrap_sync_metadata})
 
 
 def _patch_tracking(module) -> None:
-    logger = module.FileLogger
-    if not getattr(logger, "__mapo_faults_patched__", False):
-        logger.__init__ = _wrap_file_logger_init(module, logger.__init__)
-        logger.__mapo_faults_patched__ = True
+    wrap_methods(module.FileLogger, _MARKER,
+                 {"__init__": lambda original: _wrap_file_logger_init(module, original)})
 
 
 def install() -> None:

@@ -8,7 +8,7 @@ response log-probs and the entropies at the rollout temperature.
 
 - ``old_log_prob``: the full inputs (audio features through the audio encoder);
 - ``ablated_<mode>``: the same batch with the audio removed by
-  :func:`mapo_verl.audio_inputs.ablate_audio` (``drop`` skips the audio encoder, ``zero`` and
+  :func:`mapo_verl.modalities.ablate_audio` (``drop`` skips the audio encoder, ``zero`` and
   ``noise`` run it on replaced features).
 
 The passes are timed in interleaved rounds (each round runs every pass once, in rotating
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 
-from mapo_verl.audio_inputs import ablate_audio
+from mapo_verl.modalities import ablate_audio
 from mapo_verl.core.contract import ABLATION_MODES
 from mapo_verl.demo.data import corpus
 from mapo_verl.demo.model import SAMPLING_RATE, build_tokenizer, omni_processor, thinker_config

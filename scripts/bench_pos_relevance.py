@@ -12,7 +12,7 @@ uniformly in [``--min-length``, 1200]. It times, on ``--threads`` CPU threads:
   data are installed; ``nltk-stub``, NLTK's code path with a stub ``pos_tag`` that tags every
   word ``NN`` in constant time (the gate's own overhead without the perceptron). The first call
   (token decode cache cold) and the median of the following ``--repeats`` calls are reported;
-- the relevance math of one step (:func:`mapo_verl.step.relevance_for_batch`,
+- the relevance math of one step (:func:`mapo_verl.batch_relevance.relevance_for_batch`,
   :func:`attention_fields_for_batch`, :func:`relevance_metrics`), median of ``--repeats``.
 
 The sum is compared with ``--step-seconds``, a nominal wall time of one training step of the
@@ -40,7 +40,7 @@ import torch
 from mapo_verl.config import POS_CONTENT_TAGS, MAPOConfig
 from mapo_verl.demo.model import build_tokenizer
 from mapo_verl.pos_gate import PartOfSpeechGate, build_tagger
-from mapo_verl.step import attention_fields_for_batch, relevance_for_batch, relevance_metrics
+from mapo_verl.batch_relevance import attention_fields_for_batch, relevance_for_batch, relevance_metrics
 
 FUNCTION_WORDS = ("the a an of in on at to is are was be it this that and or but so if then because not "
                   "we i you they there can will should must have has do does which when how").split()

@@ -5,6 +5,6 @@
 # (e.g. --recipe grpo_tiny_cpu, or Hydra overrides such as trainer.total_training_steps=5).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/scripts/setup_env.sh"
+bash "$root/scripts/setup_env.sh" py311
 cd "$root"
 exec .venv/bin/python -m mapo_verl.demo.launch "$@"

@@ -6,27 +6,35 @@
 #   .venv-megatron  Python 3.12: the Megatron-Bridge lane (tests/megatron_bridge): mapo-verl[test] with the
 #                   versions of constraints/megatron-cpu.txt; Megatron-Bridge itself without its CUDA-only
 #                   dependencies. Skipped, with a message, with MAPO_SKIP_MEGATRON_LANE=1.
+# An argument selects one of them: `setup_env.sh py311` or `setup_env.sh megatron` (default: both).
 set -euo pipefail
+lanes="${1:-all}"
+case "$lanes" in all|py311|megatron) ;; *) echo "usage: setup_env.sh [all|py311|megatron]" >&2; exit 2 ;; esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 
-python_bin="${MAPO_PYTHON:-$(command -v python3.11 || command -v python3)}"
-if [ ! -x .venv/bin/python ]; then
-  echo "[setup] creating .venv with $python_bin"
-  "$python_bin" -m venv .venv
+if [ "$lanes" != megatron ]; then
+  python_bin="${MAPO_PYTHON:-$(command -v python3.11 || command -v python3)}"
+  if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv with $python_bin"
+    "$python_bin" -m venv .venv
+  fi
+  wanted="$(stamp_of pyproject.toml constraints/cpu.txt)"
+  stamp=.venv/.mapo-verl-installed
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    echo "[setup] installing mapo-verl[test,megatron] into .venv (torch pinned by constraints/cpu.txt)"
+    start=$SECONDS
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -c constraints/cpu.txt -e ".[test,megatron]"
+    echo "$wanted" > "$stamp"
+    echo "[setup] .venv ready in $((SECONDS - start)) s"
+  else
+    echo "[setup] .venv is up to date"
+  fi
 fi
-wanted="$(stamp_of pyproject.toml constraints/cpu.txt)"
-stamp=.venv/.mapo-verl-installed
-if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-  echo "[setup] installing mapo-verl[test,megatron] into .venv (torch pinned by constraints/cpu.txt)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints/cpu.txt -e ".[test,megatron]"
-  echo "$wanted" > "$stamp"
-else
-  echo "[setup] .venv is up to date"
-fi
+[ "$lanes" = py311 ] && exit 0
 
 if [ "${MAPO_SKIP_MEGATRON_LANE:-0}" = "1" ]; then
   echo "[setup] MAPO_SKIP_MEGATRON_LANE=1: .venv-megatron not set up"

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,54 @@ def _row_ids(row_extra: Any, row_id: Any) -> tuple[str | None, Any]:
     return (None if identifier is None else str(identifier)), extra.get("index")
 
 
+def _check_markers(texts: list[str], n_clips: int, audio_key: str, placeholder_tokens: Sequence[str]) -> None:
+    """The prompt's audio markers against its clips, and no model placeholder token in its text."""
+    markers = sum(text.count(AUDIO_PLACEHOLDER) for text in texts)
+    if markers != n_clips:
+        detail = f"{markers} {AUDIO_PLACEHOLDER} marker(s) in the prompt but {n_clips} clip(s) in '{audio_key}'"
+        if n_clips == 0:
+            detail += " (the marker would be trained as plain text)"
+        raise _RowProblem("marker_clip_mismatch", detail)
+    stray = sorted({token for token in placeholder_tokens for text in texts if token in text})
+    if stray:
+        raise _RowProblem("stray_placeholder", f"the prompt text contains the model's placeholder token(s) "
+                                               f"{stray}, which the processor would pair with audio or image "
+                                               "features that do not exist")
+
+
+def _clip_sample_count(clip: Any, finite: bool | None, sampling_rate: int, decodes_files: bool) -> int:
+    """One clip's number of samples; ``finite`` is given for a sample-list column (``clip`` is then its length)."""
+    if finite is not None:
+        if not finite:
+            raise _RowProblem("unreadable_clip", "the clip has non-finite samples")
+        count = int(clip)
+    elif isinstance(clip, (list, tuple, np.ndarray)):
+        array = np.asarray(clip, dtype=np.float64)
+        if not np.all(np.isfinite(array)):
+            raise _RowProblem("unreadable_clip", "the clip has non-finite samples")
+        count = array.size
+    else:
+        count = _clip_samples(clip, sampling_rate, decodes_files)
+    if count == 0:
+        raise _RowProblem("empty_clip", "the clip has no samples")
+    return count
+
+
+def _prompt_length_problems(pending: list[tuple[int, list[dict], list[int]]], multimodal_lengths: MultimodalLengths,
+                            max_prompt_length: int) -> Iterator[tuple[int, _RowProblem]]:
+    """``(offset, problem)`` for the batch's multimodal prompts, measured together with their audio placeholders."""
+    measured = multimodal_lengths([messages for _, messages, _ in pending], [s for *_, s in pending])
+    for (offset, _, _), (tokens, per_clip) in zip(pending, measured, strict=True):
+        empty = [number for number, count in enumerate(per_clip) if count == 0]
+        if empty:
+            yield offset, _RowProblem("empty_clip", f"clip(s) {empty} too short to give one audio token")
+        elif tokens > max_prompt_length:
+            yield offset, _RowProblem("prompt_too_long", f"the prompt is {tokens} tokens with its {sum(per_clip)} "
+                                                         f"audio placeholders, data.max_prompt_length="
+                                                         f"{max_prompt_length} (veRL cannot truncate a multimodal "
+                                                         "prompt)")
+
+
 def check_rows(
     batches: Iterable,
     *,
@@ -254,14 +302,26 @@ def check_rows(
     start = time.perf_counter()
     report = RowCheckReport()
     position = 0
+
+    def fit_window(count: int, row_position: int, clip_number: int) -> int:
+        if window_samples is None or count <= window_samples:
+            return count
+        seconds, window = count / sampling_rate, window_samples / sampling_rate
+        if long_clips == "reject":
+            raise _RowProblem("clip_too_long", f"the clip is {seconds:.2f}s, the model's audio window is "
+                                               f"{window:.2f}s ({_SETTINGS_KEY}.long_clips=reject)")
+        file, row = locate(row_position)
+        report.truncated_clips.append({"position": row_position, "file": file, "row": row, "clip": clip_number,
+                                       "seconds": round(seconds, 3), "window_seconds": window})
+        return window_samples
+
     for batch in batches:
         names = set(batch.column_names)
         prompts = batch.column(prompt_key).to_pylist()
         extras = batch.column("extra_info").to_pylist() if "extra_info" in names else [None] * len(prompts)
         ids = batch.column("id").to_pylist() if "id" in names else [None] * len(prompts)
         if audio_key in names and _is_sample_lists(batch.schema.field(audio_key).type):
-            column = batch.column(audio_key).combine_chunks()
-            _, lengths, finite = _sample_list_lengths(column)
+            _, lengths, finite = _sample_list_lengths(batch.column(audio_key).combine_chunks())
             items = None
         else:
             items = batch.column(audio_key).to_pylist() if audio_key in names else [None] * len(prompts)
@@ -269,67 +329,22 @@ def check_rows(
         for offset, messages in enumerate(prompts):
             row_position = position + offset
             try:
-                texts = _texts(messages)
                 clips = (items[offset] or []) if items is not None else lengths[offset]
-                markers = sum(text.count(AUDIO_PLACEHOLDER) for text in texts)
-                if markers != len(clips):
-                    detail = (f"{markers} {AUDIO_PLACEHOLDER} marker(s) in the prompt but {len(clips)} clip(s) in "
-                              f"'{audio_key}'")
-                    if len(clips) == 0:
-                        detail += " (the marker would be trained as plain text)"
-                    raise _RowProblem("marker_clip_mismatch", detail)
-                stray = sorted({token for token in placeholder_tokens for text in texts if token in text})
-                if stray:
-                    raise _RowProblem("stray_placeholder", f"the prompt text contains the model's placeholder "
-                                                           f"token(s) {stray}, which the processor would pair "
-                                                           "with audio or image features that do not exist")
+                _check_markers(_texts(messages), len(clips), audio_key, placeholder_tokens)
                 samples = []
                 for clip_number, clip in enumerate(clips):
                     try:
-                        if items is None:
-                            if not finite[offset][clip_number]:
-                                raise _RowProblem("unreadable_clip", "the clip has non-finite samples")
-                            count = int(clip)
-                        elif isinstance(clip, (list, tuple, np.ndarray)):
-                            array = np.asarray(clip, dtype=np.float64)
-                            if not np.all(np.isfinite(array)):
-                                raise _RowProblem("unreadable_clip", "the clip has non-finite samples")
-                            count = array.size
-                        else:
-                            count = _clip_samples(clip, sampling_rate, decodes_files)
-                        if count == 0:
-                            raise _RowProblem("empty_clip", "the clip has no samples")
-                        if window_samples is not None and count > window_samples:
-                            seconds, window = count / sampling_rate, window_samples / sampling_rate
-                            if long_clips == "reject":
-                                raise _RowProblem("clip_too_long", f"the clip is {seconds:.2f}s, the model's audio "
-                                                                   f"window is {window:.2f}s "
-                                                                   f"({_SETTINGS_KEY}.long_clips=reject)")
-                            file, row = locate(row_position)
-                            report.truncated_clips.append({"position": row_position, "file": file, "row": row,
-                                                           "clip": clip_number, "seconds": round(seconds, 3),
-                                                           "window_seconds": window})
-                            count = window_samples
+                        count = _clip_sample_count(clip, None if items is not None else finite[offset][clip_number],
+                                                   sampling_rate, decodes_files)
+                        samples.append(fit_window(count, row_position, clip_number))
                     except _RowProblem as problem:
                         raise _RowProblem(problem.reason, f"clip {clip_number}: {problem.detail}") from problem
-                    samples.append(count)
                 if samples and multimodal_lengths is not None:
                     pending.append((offset, messages, samples))
             except _RowProblem as problem:
                 _add_bad(report, row_position, problem, extras[offset], ids[offset], locate)
         if pending:
-            measured = multimodal_lengths([messages for _, messages, _ in pending], [s for *_, s in pending])
-            for (offset, _, _), (tokens, per_clip) in zip(pending, measured, strict=True):
-                empty = [number for number, count in enumerate(per_clip) if count == 0]
-                if empty:
-                    problem = _RowProblem("empty_clip", f"clip(s) {empty} too short to give one audio token")
-                elif tokens > max_prompt_length:
-                    problem = _RowProblem("prompt_too_long", f"the prompt is {tokens} tokens with its "
-                                                             f"{sum(per_clip)} audio placeholders, "
-                                                             f"data.max_prompt_length={max_prompt_length} (veRL "
-                                                             "cannot truncate a multimodal prompt)")
-                else:
-                    continue
+            for offset, problem in _prompt_length_problems(pending, multimodal_lengths, max_prompt_length):
                 _add_bad(report, position + offset, problem, extras[offset], ids[offset], locate)
         position += len(prompts)
     report.rows_checked = position

@@ -211,6 +211,40 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
 
 
+def _summary_lines(name: str, steps: dict[int, dict[str, float]], any_plot: bool) -> list[str]:
+    """The summary's table of last-step metrics and the sentences that read them."""
+    last = steps[max(steps)]
+    lines = [
+        f"# Collapse report for `{name}`",
+        "",
+        f"Steps logged: {len(steps)} ({min(steps)}–{max(steps)}).",
+        "",
+        "| metric (last step) | value |",
+        "|---|---|",
+    ]
+    for key in (_REWARD_KEY, "mapo/audio_mass/late_early_ratio", "mapo/attn_loss", "mapo/audio_mass",
+                "mapo/audio_lift", "mapo/audio_mass_failed", "mapo/audio_mass_success", "mapo/nu_tilde_mean",
+                "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_min", "mapo/omega_max", "mapo/mask_clip_frac",
+                "mapo/ablated_over_old_log_prob"):
+        lines.append(f"| `{key}` | {_fmt(last.get(key))} |")
+    ratio = last.get("mapo/audio_mass/late_early_ratio")
+    lines += ["", "A late/early ratio below 1 means late response tokens attend to the audio (or depend on it) "
+              "less than early ones: the signature of late-stage modality collapse."]
+    if ratio is not None:
+        verdict = "falls" if ratio < 1 else "does not fall"
+        lines.append(f"At the last step the audio attention mass {verdict} along the response (ratio {ratio:.3g}).")
+    if decile_curve(last, "mapo/delta_h") is not None:
+        dh_ratio, why = delta_h_ratio(last)
+        lines.append(f"Δh late/early ratio at the last step: {dh_ratio:.3g} ({why})." if dh_ratio is not None
+                     else f"Δh late/early ratio at the last step: not reported ({why}).")
+    if "mapo/omega_min" in last:
+        upper = last.get("mapo/omega_max", math.nan)
+        lines.append(f"ω̃ at the last step spans [{last['mapo/omega_min']:.6g}, {upper:.6g}].")
+    if not any_plot:
+        lines += ["", "No `mapo/*` position metrics were found: was the run a MAPO run (trainer.v1.trainer_mode=mapo)?"]
+    return lines
+
+
 def write_report(source: str | pathlib.Path, out_dir: str | pathlib.Path) -> pathlib.Path:
     """Write the plots and ``summary.md`` into ``out_dir``; returns the summary's path."""
     import matplotlib
@@ -237,35 +271,7 @@ def write_report(source: str | pathlib.Path, out_dir: str | pathlib.Path) -> pat
     if _plot_over_steps(plt, steps, out / "collapse_over_steps.png"):
         written.append(("collapse_over_steps.png", "reward, late/early ratios and attention loss over steps"))
 
-    last = steps[max(steps)]
-    lines = [
-        f"# Collapse report for `{pathlib.Path(source).name}`",
-        "",
-        f"Steps logged: {len(steps)} ({min(steps)}–{max(steps)}).",
-        "",
-        "| metric (last step) | value |",
-        "|---|---|",
-    ]
-    for key in (_REWARD_KEY, "mapo/audio_mass/late_early_ratio", "mapo/attn_loss", "mapo/audio_mass",
-                "mapo/audio_lift", "mapo/audio_mass_failed", "mapo/audio_mass_success", "mapo/nu_tilde_mean",
-                "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_min", "mapo/omega_max", "mapo/mask_clip_frac",
-                "mapo/ablated_over_old_log_prob"):
-        lines.append(f"| `{key}` | {_fmt(last.get(key))} |")
-    ratio = last.get("mapo/audio_mass/late_early_ratio")
-    lines += ["", "A late/early ratio below 1 means late response tokens attend to the audio (or depend on it) "
-              "less than early ones: the signature of late-stage modality collapse."]
-    if ratio is not None:
-        verdict = "falls" if ratio < 1 else "does not fall"
-        lines.append(f"At the last step the audio attention mass {verdict} along the response (ratio {ratio:.3g}).")
-    if decile_curve(last, "mapo/delta_h") is not None:
-        dh_ratio, why = delta_h_ratio(last)
-        lines.append(f"Δh late/early ratio at the last step: {dh_ratio:.3g} ({why})." if dh_ratio is not None
-                     else f"Δh late/early ratio at the last step: not reported ({why}).")
-    if "mapo/omega_min" in last:
-        upper = last.get("mapo/omega_max", math.nan)
-        lines.append(f"ω̃ at the last step spans [{last['mapo/omega_min']:.6g}, {upper:.6g}].")
-    if not written:
-        lines += ["", "No `mapo/*` position metrics were found: was the run a MAPO run (trainer.v1.trainer_mode=mapo)?"]
+    lines = _summary_lines(pathlib.Path(source).name, steps, any_plot=bool(written))
     lines += [""] + [f"![{title}]({name})" for name, title in written]
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
@@ -301,15 +307,8 @@ def _overlay_positions(plt, runs, prefix: str, ylabel: str, title: str, path: pa
     return shown
 
 
-def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.Path,
-                     labels: list[str] | None = None) -> pathlib.Path:
-    """Overlay several runs into ``out_dir`` (plots and ``compare.md``); returns the markdown's path.
-    ``labels`` name the runs (default: their directory names)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _load_runs(sources: list[str | pathlib.Path], labels: list[str] | None) -> dict[str, dict[int, dict[str, float]]]:
+    """Each run's logged steps under its label (a repeated label gets its position appended)."""
     if len(sources) < 2:
         raise ValueError(f"--compare needs at least two runs, got {len(sources)}")
     if labels is not None and len(labels) != len(sources):
@@ -322,35 +321,36 @@ def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.P
         if not steps:
             raise ValueError(f"{path} holds no logged steps")
         runs[label if label not in runs else f"{label} ({len(runs) + 1})"] = steps
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for prefix, ylabel, name in (("mapo/audio_mass", "audio attention mass a_t", "compare_audio_mass_by_position.png"),
-                                 ("mapo/delta_h", "Δh = H_abl − H_pol", "compare_delta_h_by_position.png")):
-        shown = _overlay_positions(plt, runs, prefix, ylabel, f"{ylabel.split(' =')[0]} by position, last step",
-                                   out / name)
-        if shown:
-            written.append((name, f"{prefix} by position ({', '.join(shown)})"))
+    return runs
+
+
+def _plot_runs_over_steps(plt, runs: dict[str, dict[int, dict[str, float]]], path: pathlib.Path) -> bool:
+    """Reward, accuracy and the audio-mass ratio over steps, one panel each, one colour per run; False when no
+    run logged any of them."""
     series = {label: _step_series(steps) for label, steps in runs.items()}
     keys = [k for k in (_REWARD_KEY, *sorted({k for s in series.values() for k in s if _ACCURACY.match(k)}),
                         "mapo/audio_mass/late_early_ratio") if any(k in s for s in series.values())]
-    if keys:
-        figure, axes = plt.subplots(len(keys), 1, figsize=(7.4, 2.6 * len(keys)), sharex=True, squeeze=False)
-        for axis, key in zip(axes[:, 0], keys):
-            for index, (label, run_series) in enumerate(series.items()):
-                if key in run_series:  # one colour per run across the panels
-                    ylabel, xs, ys = run_series[key]
-                    axis.plot(xs, ys, marker=".", label=label, color=f"C{index}")
-                    axis.set_ylabel(ylabel)
-            axis.grid(alpha=0.3)
-            axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
-        axes[-1, 0].set_xlabel("training step")
-        _integer_steps(axes[-1, 0])
-        figure.tight_layout()
-        figure.savefig(out / "compare_over_steps.png", dpi=120)
-        plt.close(figure)
-        written.append(("compare_over_steps.png", "reward, accuracy and audio-mass ratio over steps"))
-    lines = ["# Run comparison", "", "| run | steps | reward (last step) | reward (mean of last 20 % of steps) | "
+    if not keys:
+        return False
+    figure, axes = plt.subplots(len(keys), 1, figsize=(7.4, 2.6 * len(keys)), sharex=True, squeeze=False)
+    for axis, key in zip(axes[:, 0], keys):
+        for index, (label, run_series) in enumerate(series.items()):
+            if key in run_series:
+                ylabel, xs, ys = run_series[key]
+                axis.plot(xs, ys, marker=".", label=label, color=f"C{index}")
+                axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
+    axes[-1, 0].set_xlabel("training step")
+    _integer_steps(axes[-1, 0])
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def _comparison_rows(runs: dict[str, dict[int, dict[str, float]]]) -> list[str]:
+    lines = ["| run | steps | reward (last step) | reward (mean of last 20 % of steps) | "
              "audio mass late/early | Δh late/early | ω̃ range |", "|---|---|---|---|---|---|---|"]
     for label, steps in runs.items():
         last = steps[max(steps)]
@@ -362,6 +362,31 @@ def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.P
         lines.append(f"| {label} | {len(steps)} | {_fmt(last.get(_REWARD_KEY))} | "
                      f"{_fmt(sum(rewards) / len(rewards) if rewards else None)} | "
                      f"{_fmt(last.get('mapo/audio_mass/late_early_ratio'))} | {_fmt(dh_ratio)} | {omega} |")
+    return lines
+
+
+def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.Path,
+                     labels: list[str] | None = None) -> pathlib.Path:
+    """Overlay several runs into ``out_dir`` (plots and ``compare.md``); returns the markdown's path.
+    ``labels`` name the runs (default: their directory names)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = _load_runs(sources, labels)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for prefix, ylabel, name in (("mapo/audio_mass", "audio attention mass a_t", "compare_audio_mass_by_position.png"),
+                                 ("mapo/delta_h", "Δh = H_abl − H_pol", "compare_delta_h_by_position.png")):
+        shown = _overlay_positions(plt, runs, prefix, ylabel, f"{ylabel.split(' =')[0]} by position, last step",
+                                   out / name)
+        if shown:
+            written.append((name, f"{prefix} by position ({', '.join(shown)})"))
+    if _plot_runs_over_steps(plt, runs, out / "compare_over_steps.png"):
+        written.append(("compare_over_steps.png", "reward, accuracy and audio-mass ratio over steps"))
+    lines = ["# Run comparison", "", *_comparison_rows(runs)]
     lines += ["", "Position curves and ratios exist only for runs that logged `mapo/*` metrics (MAPO runs); "
               "a Δh ratio is shown only where it is meaningful (see `delta_h_ratio`)."]
     lines += [""] + [f"![{title}]({name})" for name, title in written]

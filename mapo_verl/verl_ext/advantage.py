@@ -3,7 +3,7 @@
 veRL calls a registered estimator with rewards, mask and group index only, but ω̃ comes from the
 audio-ablated pass, which only the MAPO trainer runs. So the data flows one way, through the batch:
 the MAPO trainer runs veRL's advantage step as GRPO (:func:`grpo_advantage_step`), reads GRPO's
-advantages back from the batch, folds ω̃ in (:func:`mapo_verl.step.folded_advantages`) and writes
+advantages back from the batch, folds ω̃ in (:func:`mapo_verl.batch_relevance.folded_advantages`) and writes
 them. GRPO's path includes veRL's multi-output agent loops (the final output of each
 ``{uid}_{session}`` is normalised within its group and broadcast to the session's other outputs),
 which veRL applies only when ``adv_estimator == grpo``.

@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 from tensordict import TensorDict
 
-from mapo_verl.audio_inputs import audio_key_mask
 from mapo_verl.config import AttentionLossConfig, MAPOConfig
 from mapo_verl.core import (
     NUM_DECILES,
@@ -31,9 +30,11 @@ from mapo_verl.core import (
 )
 from mapo_verl.core.checks import as_bool_mask, check_finite_where
 from mapo_verl.core.contract import AUDIO_MASS_METRIC, COEF_FIELD, CONFIG_PREFIX, FAILED_FIELD, GATE_FIELD
+from mapo_verl.modalities import key_mask, key_token_ids, modality
 
 __all__ = [
     "attention_settings",
+    "attention_key_ids",
     "AttentionBranch",
     "response_width",
     "dense_response_field",
@@ -50,6 +51,14 @@ def attention_settings(loss_function: Callable) -> tuple[Any, AttentionLossConfi
     actor_config = getattr(loss_function, "keywords", {}).get("config")
     mapo = getattr(getattr(actor_config, "policy_loss", None), "mapo", None)
     return (actor_config, mapo.attention) if isinstance(mapo, MAPOConfig) else None
+
+
+def attention_key_ids(config_or_model: Any, actor_config: Any) -> tuple[int, ...]:
+    """The token ids the attention loss counts as keys: the placeholders (and, with
+    ``attention.include_audio_markers``, the markers) of the configured ``modalities``."""
+    mapo: MAPOConfig = actor_config.policy_loss.mapo
+    kinds = [modality(name) for name in mapo.modalities]
+    return key_token_ids(config_or_model, kinds, mapo.attention.include_audio_markers)
 
 
 def require_attention_fields(data: TensorDict, coef: float) -> None:
@@ -89,7 +98,7 @@ def audio_keys_per_row(input_ids: torch.Tensor, audio_ids: tuple[int, ...]) -> t
     lengths = input_ids.offsets().diff()
     rows = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
     hits = torch.zeros(len(lengths), dtype=torch.long, device=lengths.device)
-    hits.index_add_(0, rows, audio_key_mask(input_ids.values(), audio_ids).long())
+    hits.index_add_(0, rows, key_mask(input_ids.values(), audio_ids).long())
     return hits
 
 

@@ -47,17 +47,17 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.padding import no_padding_2_padding
 
-from mapo_verl.audio_inputs import audio_key_mask, audio_key_token_ids
+from mapo_verl.modalities import key_mask
 from mapo_verl.config import AttentionLossConfig
 from mapo_verl.core.contract import ATTN_LOSS_METRIC, CONFIG_PREFIX, MAPO_ENGINE_VENDOR
 from mapo_verl.hf import AudioMassProbe, MassCapture
-from mapo_verl.verl_ext.attention_branch import AttentionBranch, MassStatistics, attention_settings
+from mapo_verl.verl_ext.attention_branch import AttentionBranch, MassStatistics, attention_key_ids, attention_settings
 
 __all__ = ["MAPOFSDPEngineWithLMHead"]
 
 
 @dataclass
-class _AttentionStep:
+class _AttentionUpdate:
     """One ``forward_backward_batch`` of the policy update: the branch, and the current micro-batch's capture."""
 
     branch: AttentionBranch
@@ -82,7 +82,7 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
 
     supports_mapo_attention_loss = True
     _mapo_probes: dict | None = None
-    _mapo_step: _AttentionStep | None = None
+    _mapo_update: _AttentionUpdate | None = None
 
     # --- batch level -------------------------------------------------------------------
 
@@ -91,14 +91,14 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
         if settings is None or not settings[1].enabled:
             return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
         actor_config, attention = settings
-        step = self._begin_attention_step(data, actor_config, attention)
+        update = self._begin_attention_update(data, actor_config, attention)
         with self._probe(attention).installed():
-            self._mapo_step = step
+            self._mapo_update = update
             try:
                 output = super().forward_backward_batch(data, loss_function, forward_only=forward_only)
             finally:
-                self._mapo_step = None
-        output["metrics"].update(step.mass_metrics(self.get_data_parallel_group()))
+                self._mapo_update = None
+        output["metrics"].update(update.mass_metrics(self.get_data_parallel_group()))
         return output
 
     def _probe(self, attention: AttentionLossConfig) -> AudioMassProbe:
@@ -109,8 +109,8 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             self._mapo_probes[key] = AudioMassProbe(self.module, attention.layers, head_reduce=attention.head_reduce)
         return self._mapo_probes[key]
 
-    def _begin_attention_step(self, data: TensorDict, actor_config: Any, attention: AttentionLossConfig
-                              ) -> _AttentionStep:
+    def _begin_attention_update(self, data: TensorDict, actor_config: Any, attention: AttentionLossConfig
+                                ) -> _AttentionUpdate:
         if self.ulysses_sequence_parallel_size > 1:
             raise NotImplementedError(
                 f"{CONFIG_PREFIX}.attention.coef > 0 is not supported with Ulysses sequence parallelism "
@@ -119,46 +119,46 @@ class MAPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
             )
         if tu.get_non_tensor_data(data=data, key="distillation_use_topk", default=False):
             raise NotImplementedError(f"{CONFIG_PREFIX}.attention.coef > 0 cannot be combined with top-k distillation")
-        audio_ids = audio_key_token_ids(self.module, attention.include_audio_markers)
-        return _AttentionStep(AttentionBranch.begin(data, attention, actor_config, audio_ids,
+        audio_ids = attention_key_ids(self.module, actor_config)
+        return _AttentionUpdate(AttentionBranch.begin(data, attention, actor_config, audio_ids,
                                                     self.get_data_parallel_group(), get_device_id()))
 
     # --- micro-batch level ---------------------------------------------------------------
 
     def prepare_model_inputs(self, micro_batch: TensorDict) -> tuple[dict, dict]:
         model_inputs, output_args = super().prepare_model_inputs(micro_batch)
-        step = self._mapo_step
-        if step is not None:
+        update = self._mapo_update
+        if update is not None:
             input_ids = model_inputs["input_ids"]
-            audio = audio_key_mask(input_ids, step.branch.audio_ids)
+            audio = key_mask(input_ids, update.branch.audio_ids)
             attention_mask = model_inputs.get("attention_mask")
             if attention_mask is not None:  # padded layout [B, S]
                 audio &= attention_mask.bool()
-            step.pad_size = int(output_args.get("pad_size", 0))
-            if step.pad_size:  # packed layout: veRL's bucket padding is never audio
-                audio[..., -step.pad_size:] = False
-            step.padded_attention_mask = attention_mask
-            step.capture = self._probe(step.branch.attention).begin(audio)
+            update.pad_size = int(output_args.get("pad_size", 0))
+            if update.pad_size:  # packed layout: veRL's bucket padding is never audio
+                audio[..., -update.pad_size:] = False
+            update.padded_attention_mask = attention_mask
+            update.capture = self._probe(update.branch.attention).begin(audio)
         return model_inputs, output_args
 
     def forward_step(self, micro_batch: TensorDict, loss_function: Callable, forward_only: bool):
-        if self._mapo_step is None or forward_only:
+        if self._mapo_update is None or forward_only:
             return super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
-        with_attention = functools.partial(self._loss_with_attention, loss_function, self._mapo_step)
+        with_attention = functools.partial(self._loss_with_attention, loss_function, self._mapo_update)
         return super().forward_step(micro_batch, loss_function=with_attention, forward_only=forward_only)
 
-    def _response_mass(self, step: _AttentionStep, data: TensorDict) -> torch.Tensor:
+    def _response_mass(self, update: _AttentionUpdate, data: TensorDict) -> torch.Tensor:
         """``a`` of this micro-batch at response positions ``[B, T]``, aligned like ``log_probs``."""
-        mass = step.capture.mass(step.branch.attention.layer_reduce)
-        if step.padded_attention_mask is None:  # packed [1, total_nnz + pad]
-            values = self._gather_and_unpad_packed(mass[0], step.pad_size)
+        mass = update.capture.mass(update.branch.attention.layer_reduce)
+        if update.padded_attention_mask is None:  # packed [1, total_nnz + pad]
+            values = self._gather_and_unpad_packed(mass[0], update.pad_size)
         else:  # padded [B, max_len], right-padded rows
-            values = mass[step.padded_attention_mask.bool()]
+            values = mass[update.padded_attention_mask.bool()]
         return no_padding_2_padding(values, data)
 
-    def _loss_with_attention(self, loss_function: Callable, step: _AttentionStep, *, model_output: dict,
+    def _loss_with_attention(self, loss_function: Callable, update: _AttentionUpdate, *, model_output: dict,
                              data: TensorDict, dp_group: Any = None) -> tuple[torch.Tensor, dict]:
         loss, metrics = loss_function(model_output=model_output, data=data, dp_group=dp_group)
-        attn_loss = step.branch.objective(self._response_mass(step, data), data, data["dp_size"])
+        attn_loss = update.branch.objective(self._response_mass(update, data), data, data["dp_size"])
         metrics[ATTN_LOSS_METRIC] = Metric(value=attn_loss.detach(), aggregation=AggregationType.SUM)
-        return loss + step.branch.attention.coef * attn_loss, metrics
+        return loss + update.branch.attention.coef * attn_loss, metrics

@@ -30,7 +30,7 @@ veRL:
 
 Batch fields consumed (response-aligned like ``advantages``): ``mapo_attn_coef`` (c_t,
 float) and ``mapo_attn_gate`` (0/1); the audio keys are the tokens of
-:func:`mapo_verl.audio_inputs.audio_key_token_ids` (placeholders, and audio start/end markers
+:func:`mapo_verl.modalities.key_token_ids` (placeholders, and audio start/end markers
 unless ``attention.include_audio_markers=false``).
 
 Metrics (on the logging rank, reduced over pipeline stages and data-parallel ranks; TP and
@@ -73,12 +73,12 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.megatron.transformer_impl import MegatronEngineWithLMHead
 from verl.workers.utils.padding import no_padding_2_padding
 
-from mapo_verl.audio_inputs import AUDIO_MODEL_KEYS, audio_key_mask, audio_key_token_ids
+from mapo_verl.modalities import AUDIO_MODEL_KEYS, key_mask
 from mapo_verl.config import AttentionLossConfig
 from mapo_verl.core.contract import ATTN_LOSS_METRIC, COEF_FIELD, CONFIG_PREFIX, MAPO_ENGINE_VENDOR
 from mapo_verl.megatron.attention_hook import AudioMassHook, AudioMassRequest, sum_over_pipeline
 from mapo_verl.patches.megatron_bridge import computes_own_positions
-from mapo_verl.verl_ext.attention_branch import AttentionBranch, MassStatistics, attention_settings
+from mapo_verl.verl_ext.attention_branch import AttentionBranch, MassStatistics, attention_key_ids, attention_settings
 
 __all__ = ["MAPOMegatronEngine"]
 
@@ -110,7 +110,7 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
             self._mapo_branch = None
             return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
         actor_config, attention = settings
-        audio_ids = audio_key_token_ids(self.model_config.hf_config, attention.include_audio_markers)
+        audio_ids = attention_key_ids(self.model_config.hf_config, actor_config)
         branch = AttentionBranch.begin(data, attention, actor_config, audio_ids, self.get_data_parallel_group(),
                                        get_device_id())
         self._install_hook(attention)
@@ -198,7 +198,7 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
         branch = self._mapo_branch
         top = unwrap_model(model)
         input_ids = batch["input_ids"]
-        audio = audio_key_mask(input_ids.values(), branch.audio_ids).to(input_ids.dtype)
+        audio = key_mask(input_ids.values(), branch.audio_ids).to(input_ids.dtype)
         audio = torch.nested.nested_tensor_from_jagged(audio, offsets=input_ids.offsets())
         use_fp8_padding = top.config.fp8 in ["e4m3", "hybrid"]
         local_cp_size = tu.get_non_tensor_data(batch, key="local_cp_size", default=None)

@@ -40,7 +40,7 @@ from mapo_verl.core.contract import (
     MAPO_TRAINER_MODE,
 )
 from mapo_verl.pos_gate import PartOfSpeechGate
-from mapo_verl.step import (
+from mapo_verl.batch_relevance import (
     BatchRelevance,
     attention_fields_for_batch,
     folded_advantages,

@@ -27,7 +27,6 @@ from verl.single_controller.base.decorator import Dispatch, make_nd_compute_data
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 
-from mapo_verl.audio_inputs import ablate_audio, has_audio
 from mapo_verl.config import MAPOConfig, mapo_config_from
 from mapo_verl.core.contract import (
     ABLATED_ENTROPY_FIELD,
@@ -36,6 +35,7 @@ from mapo_verl.core.contract import (
     HAS_AUDIO_FIELD,
     MAPO_ENGINE_VENDOR,
 )
+from mapo_verl.modalities import AUDIO, ablate_audio, ablate_modality, has_modality, modality
 from mapo_verl.verl_ext.text_reference import TEXT_REF_MESH, build_text_reference
 
 __all__ = [
@@ -73,13 +73,23 @@ class MAPOTrainingWorker(TrainingWorker):
             super().__init__(config)
 
 
+def _ablate_sample(sample: dict | None, mapo: MAPOConfig, generator: torch.Generator) -> dict | None:
+    for kind in map(modality, mapo.modalities):
+        if kind is AUDIO:
+            sample = ablate_audio(sample, mapo.ablation, noise_scale=mapo.noise_scale, generator=generator,
+                                  scope=mapo.text_only_modality_scope)
+        else:
+            sample = ablate_modality(sample, kind, mapo.ablation, noise_scale=mapo.noise_scale, generator=generator)
+    return sample
+
+
 def ablate_batch(data: TensorDict, mapo: MAPOConfig) -> torch.Tensor:
-    """Remove the audio from every sample of a worker batch, in place, as ``mapo`` (the worker's own
-    config) says: ablation mode, noise scale, modality scope.
+    """Remove the configured modalities from every sample of a worker batch, in place, as ``mapo`` (the
+    worker's own config) says: modalities, ablation mode, noise scale, modality scope.
 
     Pops the step's noise seed (:data:`~mapo_verl.core.contract.ABLATION_SEED_KEY`, the one value the
     trainer sends) and rewrites ``multi_modal_inputs``. Returns ``[B]`` int64 flags: the rows whose
-    inputs held audio features.
+    inputs held features of one of the modalities (the others keep ω̃ ≡ 1 and no attention term).
     """
     seed = tu.pop(data, ABLATION_SEED_KEY, default=None)
     if seed is None:
@@ -90,10 +100,11 @@ def ablate_batch(data: TensorDict, mapo: MAPOConfig) -> torch.Tensor:
     if samples is None:
         samples = [None] * batch_size
     generator = torch.Generator().manual_seed(int(seed))
-    flags = torch.tensor([has_audio(sample) for sample in samples], dtype=torch.int64)
+    kinds = [modality(name) for name in mapo.modalities]
+    flags = torch.tensor([any(has_modality(sample, kind) for kind in kinds) for sample in samples],
+                         dtype=torch.int64)
     if bool(flags.any()):
-        ablated = [ablate_audio(sample, mapo.ablation, noise_scale=mapo.noise_scale, generator=generator,
-                                scope=mapo.text_only_modality_scope) for sample in samples]
+        ablated = [_ablate_sample(sample, mapo, generator) for sample in samples]
         tu.assign_non_tensor_stack(data, "multi_modal_inputs", ablated)
     return flags
 

@@ -69,3 +69,16 @@ def test_wheel_ships_the_recipes_and_the_launcher_finds_them(tmp_path):
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site")})
     assert probe.returncode == 0, probe.stderr
     assert pathlib.Path(probe.stdout.strip()) == tmp_path / "site" / "mapo_verl" / "recipes"
+
+
+def test_one_verl_version_everywhere():
+    """recipes/REQUIRED_VERL.txt (the verl-recipe convention), the dependency pin and the patches' pin agree."""
+    import re
+
+    from mapo_verl.patches import TESTED_VERL_VERSION
+
+    required = (ROOT / "recipes" / "REQUIRED_VERL.txt").read_text().split()
+    assert required == [f"verl=={TESTED_VERL_VERSION}"]
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = [re.sub(r"\[.*\]", "", dep) for dep in dependencies if re.match(r"verl\b", dep)]
+    assert pins == [f"verl=={TESTED_VERL_VERSION}"]

@@ -68,3 +68,25 @@ def test_helpers_are_imported_absolutely():
                   if isinstance(node, ast.Attribute) and node.attr == "path"
                   and isinstance(node.value, ast.Name) and node.value.id == "sys"]
     assert not found, f"import test helpers as `from tests.<area>.<module> import ...`: {found}"
+
+
+def test_helpers_are_not_imported_by_their_bare_name():
+    """``from attention_testlib import ...`` works only through pytest's rootdir insertion; it must name the area."""
+    helpers = {path.stem for path in _python_files()
+               if not path.name.startswith(("test_", "conftest", "__init__")) and path.parent not in SYS_PATH_EXEMPT}
+    found = []
+    for path in _python_files():
+        if path.parent in SYS_PATH_EXEMPT:
+            continue
+        for node in _imports(path):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            found += [f"{path.relative_to(TESTS.parent)}:{node.lineno} {m}" for m in modules
+                      if m.partition(".")[0] in helpers]
+    assert not found, f"import test helpers as `from tests.<area>.<module> import ...`: {found}"
+
+
+def test_every_test_folder_is_a_package():
+    """Test folders are packages (``tests.<area>``), as the package's folders are; the stand-alone harness
+    folders are the documented exception."""
+    folders = {path.parent for path in TESTS.rglob("test_*.py")} - SYS_PATH_EXEMPT
+    assert sorted(str(f.relative_to(TESTS.parent)) for f in folders if not (f / "__init__.py").is_file()) == []

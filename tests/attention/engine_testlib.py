@@ -19,7 +19,7 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import left_right_2_no_padding, response_to_nested
 
-from attention_testlib import omni_samples
+from tests.attention.attention_testlib import omni_samples
 from mapo_verl.config import AttentionLossConfig, MAPOConfig, MAPOPolicyLossConfig
 from mapo_verl.core.contract import COEF_FIELD, GATE_FIELD
 from mapo_verl.verl_ext.fsdp_engine import MAPOFSDPEngineWithLMHead
@@ -152,15 +152,17 @@ def run(engine, data, loss_function):
     return sum(output["loss"]), grads, output["metrics"]
 
 
-def data_parallel_rank(rank: int, world_size: int, workdir: str, coef: float, loss_agg_mode: str) -> None:
-    """One rank of a FSDP2 data-parallel run over gloo: its share of the mini-batch, results saved."""
+def data_parallel_rank(rank: int, world_size: int, workdir: str, coef: float,
+                       loss_agg_modes: tuple[str, ...]) -> None:
+    """One rank of a FSDP2 data-parallel run over gloo: its share of the mini-batch, one update's loss, gradients
+    and metrics saved per loss aggregation mode (the same weights each time: no optimizer step)."""
     import torch.distributed
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     import mapo_verl.verl_ext.fsdp_engine as fsdp_engine
     import verl.workers.engine.fsdp.transformer_impl as transformer_impl
-    from attention_testlib import tiny_omni_thinker
+    from tests.attention.attention_testlib import tiny_omni_thinker
 
     transformer_impl.get_device_id = fsdp_engine.get_device_id = lambda: "cpu"
     torch.distributed.init_process_group("gloo", init_method=f"file://{workdir}/store", rank=rank,
@@ -173,8 +175,11 @@ def data_parallel_rank(rank: int, world_size: int, workdir: str, coef: float, lo
     share = len(PROMPT_TAILS) // world_size
     data, _ = actor_batch(model, micro_batch_size=1, use_remove_padding=True,
                           rows=list(range(rank * share, (rank + 1) * share)))
-    loss, grads, metrics = run(make_engine(model), data, actor_loss(coef, loss_agg_mode=loss_agg_mode))
-    torch.save({"loss": loss, "grads": {k: g.full_tensor() for k, g in grads.items()},
-                "attn_loss": float(sum(metrics["mapo/attn_loss"].values)),
-                "audio_mass": float(metrics["mapo/audio_mass"].aggregate())}, f"{workdir}/rank{rank}.pt")
+    engine = make_engine(model)
+    for loss_agg_mode in loss_agg_modes:
+        loss, grads, metrics = run(engine, data, actor_loss(coef, loss_agg_mode=loss_agg_mode))
+        torch.save({"loss": loss, "grads": {k: g.full_tensor() for k, g in grads.items()},
+                    "attn_loss": float(sum(metrics["mapo/attn_loss"].values)),
+                    "audio_mass": float(metrics["mapo/audio_mass"].aggregate())},
+                   f"{workdir}/rank{rank}_{loss_agg_mode}.pt")
     torch.distributed.destroy_process_group()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attention_testlib import (
+from tests.attention.attention_testlib import (
     AUDIO_END_ID,
     AUDIO_ID,
     AUDIO_START_ID,
@@ -18,7 +18,7 @@ from attention_testlib import (
     tiny_omni_thinker,
     tiny_qwen3_omni_thinker,
 )
-from engine_testlib import actor_batch, actor_loss, make_engine, run
+from tests.attention.engine_testlib import actor_batch, actor_loss, make_engine, run
 from mapo_verl.core import resolve_layers
 from mapo_verl.hf import decoder_layers
 from mapo_verl.core.contract import COEF_FIELD, GATE_FIELD

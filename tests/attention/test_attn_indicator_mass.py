@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2.modeling_qwen2 import eager_attention_forward
 
-from attention_testlib import tiny_qwen2
+from tests.attention.attention_testlib import tiny_qwen2
 from mapo_verl.hf import indicator_v_mass
 
 B, H, H_KV, S, D = 2, 4, 2, 7, 4

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attention_testlib import (
+from tests.attention.attention_testlib import (
     AUDIO_ID,
     explicit_audio_mass,
     omni_samples,

@@ -8,7 +8,7 @@ from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import mapo_verl.hf.probe as probe_module
-from attention_testlib import (
+from tests.attention.attention_testlib import (
     AUDIO_ID,
     explicit_audio_mass,
     omni_samples,
@@ -17,7 +17,7 @@ from attention_testlib import (
     tiny_qwen2,
     tiny_qwen3_omni_thinker,
 )
-from mapo_verl.audio_inputs import audio_token_id
+from mapo_verl.modalities import AUDIO, placeholder_token_id
 from mapo_verl.core import resolve_layers
 from mapo_verl.hf import AudioMassProbe, decoder_layers
 
@@ -209,7 +209,7 @@ def test_reentrant_checkpointing_fails_clearly():
 def test_decoder_discovery_layers_and_audio_token():
     thinker = tiny_omni_thinker()
     assert decoder_layers(thinker) is thinker.model.layers  # not the audio tower's layers
-    assert audio_token_id(thinker) == AUDIO_ID
+    assert placeholder_token_id(thinker, AUDIO) == AUDIO_ID
     audio_lm = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(
         audio_config=dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=16,
                           d_model=16, max_source_positions=32),
@@ -217,9 +217,9 @@ def test_decoder_discovery_layers_and_audio_token():
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
         audio_token_id=99))
     assert len(decoder_layers(audio_lm)) == 2
-    assert audio_token_id(audio_lm) == 99
+    assert placeholder_token_id(audio_lm, AUDIO) == 99
     with pytest.raises(ValueError, match="no audio_token_id"):
-        audio_token_id(tiny_qwen2())
+        placeholder_token_id(tiny_qwen2(), AUDIO)
     assert resolve_layers([-1, 0, -2], 3) == [0, 1, 2]
     with pytest.raises(ValueError, match=r"mapo\.attention\.layers.*out of range"):
         resolve_layers([3], 3)

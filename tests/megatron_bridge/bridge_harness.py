@@ -212,7 +212,7 @@ def run_hooked(family: str, case: dict, ref: dict, data: list[dict]) -> dict:
 # --------------------------------------------------------------------------- audio-ablated pass
 def run_ablated(family: str) -> dict:
     """Token entropies with the audio vs with the features dropped (placeholders and positions kept)."""
-    from mapo_verl.audio_inputs import ablate_audio
+    from mapo_verl.modalities import ablate_audio
 
     ps.initialize_model_parallel(1, 1)
     try:

@@ -11,11 +11,11 @@ from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, compute_
 from verl.utils import tensordict_utils as tu
 from verl.workers.config import FSDPActorConfig
 
-from mapo_verl.audio_inputs import VISION_FEATURE_KEYS, ablate_audio, audio_key_mask, audio_key_token_ids
+from mapo_verl.modalities import AUDIO, VISION_FEATURE_KEYS, ablate_audio, key_mask, key_token_ids
 from mapo_verl.config import MAPOConfig
 from mapo_verl.core import audio_lift
 from mapo_verl.core.contract import FAILED_FIELD
-from mapo_verl.step import folded_advantages, relevance_for_batch, relevance_metrics
+from mapo_verl.batch_relevance import folded_advantages, relevance_for_batch, relevance_metrics
 from mapo_verl.verl_ext.attention_branch import MassStatistics
 from mapo_verl.verl_ext.trainer import _task_failed
 from mapo_verl.verl_ext.validation import check_mapo_config
@@ -95,12 +95,12 @@ def test_scope_audio_keeps_images_and_scope_all_drops_every_modality():
 def test_audio_keys_include_the_markers_the_config_names():
     omni = SimpleNamespace(thinker_config=SimpleNamespace(audio_token_id=7, audio_start_token_id=5,
                                                           audio_end_token_id=6))
-    assert audio_key_token_ids(omni) == (7, 5, 6)
-    assert audio_key_token_ids(omni, include_markers=False) == (7,)
+    assert key_token_ids(omni, [AUDIO]) == (7, 5, 6)
+    assert key_token_ids(omni, [AUDIO], include_markers=False) == (7,)
     qwen2_audio = SimpleNamespace(audio_token_index=9)  # no markers in its config
-    assert audio_key_token_ids(qwen2_audio) == (9,)
+    assert key_token_ids(qwen2_audio, [AUDIO]) == (9,)
     ids = torch.tensor([1, 5, 7, 7, 6, 2])
-    assert audio_key_mask(ids, (7, 5, 6)).tolist() == [False, True, True, True, True, False]
+    assert key_mask(ids, (7, 5, 6)).tolist() == [False, True, True, True, True, False]
 
 
 # --- attention-only mode -----------------------------------------------------------------------

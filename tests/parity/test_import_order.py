@@ -1,6 +1,6 @@
 """Registration is complete whatever the import order (each order in a fresh process).
 
-Importing ``mapo_verl.config`` (or ``mapo_verl.step``) first used to start veRL's plugin
+Importing ``mapo_verl.config`` (or ``mapo_verl.batch_relevance``) first used to start veRL's plugin
 autoload while ``mapo_verl.config`` was half-built: the registration failed, only the
 estimator got registered, and the error went to veRL's debug log.
 """

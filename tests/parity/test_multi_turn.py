@@ -17,7 +17,7 @@ from verl.protocol import DataProto
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
 from mapo_verl.config import MAPOConfig
-from mapo_verl.step import folded_advantages, relevance_for_batch
+from mapo_verl.batch_relevance import folded_advantages, relevance_for_batch
 from mapo_verl.verl_ext.advantage import grpo_advantage_step
 
 # uid p0: session 0 has two outputs, session 1 one, session 2 three; uid p1: two one-output sessions

@@ -18,11 +18,11 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils import tensordict_utils as tu
 from verl.utils.torch_functional import entropy_from_logits
 
-from mapo_verl.audio_inputs import ablate_audio, audio_token_id, has_audio
+from mapo_verl.modalities import AUDIO, ablate_audio, has_modality, placeholder_token_id
 from mapo_verl.config import MAPOConfig
 from mapo_verl.core import fold_relevance_into_advantages
 from mapo_verl.core.contract import ABLATION_MODES, ABLATION_SEED_KEY, HAS_AUDIO_FIELD
-from mapo_verl.step import folded_advantages, relevance_for_batch
+from mapo_verl.batch_relevance import folded_advantages, relevance_for_batch
 from mapo_verl.verl_ext.worker import ablate_batch
 from tests.trainer.audio_models_testlib import save_tiny_omni, save_tiny_qwen3_omni, tone_clip
 
@@ -68,12 +68,12 @@ def response_entropy(model, ids, mm):
 def test_ablated_entropies_differ_only_through_the_audio(thinker, mode):
     model, processor = thinker
     ids, mm = sample(processor, tone_clip(1.0, 660.0))
-    assert has_audio(mm)
+    assert has_modality(mm, AUDIO)
     policy, policy_all = response_entropy(model, ids, mm)
     ablated_mm = ablate_audio(mm, mode, generator=torch.Generator().manual_seed(0))
     ablated, ablated_all = response_entropy(model, ids, ablated_mm)
     assert ablated.shape == policy.shape == (RESPONSE,)
-    first_audio = int((ids[0] == audio_token_id(model)).nonzero()[0])
+    first_audio = int((ids[0] == placeholder_token_id(model, AUDIO)).nonzero()[0])
     # causal: positions before the audio cannot see it, so nothing else differs
     assert torch.equal(policy_all[:first_audio], ablated_all[:first_audio])
     assert (policy - ablated).abs().max() > 1e-6  # the response depends on the audio
@@ -82,7 +82,7 @@ def test_ablated_entropies_differ_only_through_the_audio(thinker, mode):
 def test_a_sample_without_audio_is_untouched(thinker):
     model, processor = thinker
     ids, mm = sample(processor, None, question="Is two more than one?")
-    assert not has_audio(mm)
+    assert not has_modality(mm, AUDIO)
     for mode in ABLATION_MODES:
         assert torch.equal(response_entropy(model, ids, ablate_audio(mm, mode))[0], response_entropy(model, ids, mm)[0])
 
@@ -110,7 +110,7 @@ def test_mixed_batch_delta_h_to_advantages_through_verl(thinker):
     h_pol = torch.stack([response_entropy(model, ids, mm)[0] for ids, mm in rows])
     h_abl = torch.stack([response_entropy(model, ids, ablate_audio(mm, "drop"))[0] for ids, mm in rows])
     mask = torch.ones(3, RESPONSE)
-    has_audio_rows = torch.tensor([has_audio(mm) for _, mm in rows])
+    has_audio_rows = torch.tensor([has_modality(mm, AUDIO) for _, mm in rows])
     relevance = relevance_for_batch(h_pol, h_abl, mask, has_audio_rows, MAPOConfig())
     assert torch.equal(relevance.omega[1], torch.ones(RESPONSE))  # no audio: ω̃ ≡ 1
     assert relevance.delta_h[1].abs().max() == 0 and relevance.delta_h[0].abs().max() > 0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mapo_verl.audio_inputs import ablate_audio, has_audio
+from mapo_verl.modalities import AUDIO, ablate_audio, has_modality
 from mapo_verl.core import position_deciles, sums_by_decile
 from mapo_verl.pos_gate import LexiconTagger, PartOfSpeechGate, build_tagger, words_of_tokens
 
@@ -61,7 +61,8 @@ def test_ablation_modes():
     assert not torch.allclose(noisy["input_features"], features)
     assert ablate_audio(None, "drop") is None
     assert ablate_audio({"pixel_values": torch.ones(1)}, "drop") == {"pixel_values": torch.ones(1)}
-    assert has_audio(sample) and not has_audio({}) and not has_audio({"input_features": torch.zeros(0)})
+    assert has_modality(sample, AUDIO) and not has_modality({}, AUDIO)
+    assert not has_modality({"input_features": torch.zeros(0)}, AUDIO)
     with pytest.raises(ValueError, match="ablation mode"):
         ablate_audio(sample, "mute")
 

@@ -1,11 +1,11 @@
-"""The trainer's per-batch MAPO computations (mapo_verl.step) on padded tensors."""
+"""The trainer's per-batch MAPO computations (mapo_verl.batch_relevance) on padded tensors."""
 
 import pytest
 import torch
 
 from mapo_verl.config import MAPOConfig
 from mapo_verl.core import attention_token_coefficients, relevance_weights
-from mapo_verl.step import (
+from mapo_verl.batch_relevance import (
     attention_fields_for_batch,
     folded_advantages,
     relevance_for_batch,
