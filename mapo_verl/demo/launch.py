@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     print(f"[mapo_verl] demo assets in {demo_dir()} ...", flush=True)
     assets = ensure_demo_assets()
-    print(f"[mapo_verl] model {assets.model_dir} ({time.perf_counter() - start:.1f}s)", flush=True)
+    # the recipe picks its model among them (the tiny recipes: the full Omni checkpoint)
+    print(f"[mapo_verl] demo assets ready: {assets.omni_model_dir.parent} ({time.perf_counter() - start:.1f}s)",
+          flush=True)
 
     run_dir = Path(os.environ.get("MAPO_RUN_DIR", "runs")).resolve() / args.recipe
     run_dir.mkdir(parents=True, exist_ok=True)
