@@ -128,6 +128,46 @@ def _rollout_problems(problems: _Problems, config: DictConfig, n_gpus: int) -> i
     return max_len
 
 
+def _token_budget_problems(problems: _Problems, config: DictConfig, max_len: int, split: int,
+                           ref_split: int | None) -> None:
+    """Dynamic batch sizes: every per-GPU token budget holds one full sequence (``ref_split`` None: no
+    reference pass)."""
+    budgets = [(f"{_ACTOR}.ppo_max_token_len_per_gpu", split), (f"{_ROLLOUT}.log_prob_max_token_len_per_gpu", split)]
+    if ref_split is not None:
+        budgets.append((f"{_REF}.log_prob_max_token_len_per_gpu", ref_split))
+    for key, sequence_split in budgets:
+        budget = _get(config, key)
+        problems.require(budget is not None and budget * sequence_split >= max_len, (
+            f"{key}={budget} (× sequence split {sequence_split}) must hold one full sequence: "
+            f"data.max_prompt_length + data.max_response_length = {max_len} tokens"))
+
+
+def _micro_batch_problems(problems: _Problems, config: DictConfig, *, train: int, n: int, mini: int, dp: int,
+                          n_gpus: int) -> None:
+    """Fixed micro-batches: the actor's micro-batch size divides each rank's share of a mini-batch (and, with
+    virtual pipeline stages, gives a multiple of PP micro-batches), and the batch fills veRL's minimal unit."""
+    micro = _get(config, f"{_ACTOR}.ppo_micro_batch_size_per_gpu")
+    per_rank = mini * n // dp
+    if not problems.require(isinstance(micro, int) and micro > 0, (
+            f"{_ACTOR}.ppo_micro_batch_size_per_gpu must be set (a positive integer) when "
+            f"{_ACTOR}.use_dynamic_bsz=false, got {micro!r}")):
+        return
+    if problems.require(per_rank % micro == 0, (
+            f"{_ACTOR}.ppo_micro_batch_size_per_gpu={micro} must divide the {per_rank} sequences of a mini-batch "
+            f"per data-parallel rank ({_ACTOR}.ppo_mini_batch_size × {_ROLLOUT}.n / DP = {mini} × {n} / {dp})")):
+        pp = _get(config, f"{_ACTOR}.megatron.pipeline_model_parallel_size", 1)
+        vpp = _get(config, f"{_ACTOR}.megatron.virtual_pipeline_model_parallel_size")
+        problems.require(_get(config, f"{_ACTOR}.strategy") != "megatron" or vpp is None
+                         or (per_rank // micro) % pp == 0, (
+            f"with {_ACTOR}.megatron.virtual_pipeline_model_parallel_size={vpp}, the {per_rank // micro} "
+            f"micro-batches per mini-batch must be a multiple of pipeline_model_parallel_size={pp}"))
+    megatron = _get(config, f"{_ACTOR}.strategy") == "megatron"
+    minimal, what = ((dp * micro, f"DP × {_ACTOR}.ppo_micro_batch_size_per_gpu = {dp} × {micro}") if megatron
+                     else (n_gpus, f"the {n_gpus} GPUs"))
+    problems.require(train * n % minimal == 0, (
+        f"data.train_batch_size × {_ROLLOUT}.n = {train * n} must be divisible by {what} (veRL's validate_config)"))
+
+
 def launch_problems(config: DictConfig) -> list[str]:
     """Every inconsistency between the batch sizes, parallel sizes and GPU count of a trainer config."""
     problems = _Problems()
@@ -159,36 +199,9 @@ def launch_problems(config: DictConfig) -> list[str]:
     ref_dp, ref_split = _data_parallel_size(problems, config, _REF, n_gpus) if uses_ref else (None, 1)
 
     if _get(config, f"{_ACTOR}.use_dynamic_bsz", False):
-        budgets = [(f"{_ACTOR}.ppo_max_token_len_per_gpu", split),
-                   (f"{_ROLLOUT}.log_prob_max_token_len_per_gpu", split)]
-        if uses_ref:
-            budgets.append((f"{_REF}.log_prob_max_token_len_per_gpu", ref_split))
-        for key, sequence_split in budgets:
-            budget = _get(config, key)
-            problems.require(budget is not None and budget * sequence_split >= max_len, (
-                f"{key}={budget} (× sequence split {sequence_split}) must hold one full sequence: "
-                f"data.max_prompt_length + data.max_response_length = {max_len} tokens"))
+        _token_budget_problems(problems, config, max_len, split, ref_split if uses_ref else None)
         return problems
-
-    micro = _get(config, f"{_ACTOR}.ppo_micro_batch_size_per_gpu")
-    per_rank = mini_seqs // dp
-    if problems.require(isinstance(micro, int) and micro > 0, (
-            f"{_ACTOR}.ppo_micro_batch_size_per_gpu must be set (a positive integer) when "
-            f"{_ACTOR}.use_dynamic_bsz=false, got {micro!r}")):
-        if problems.require(per_rank % micro == 0, (
-                f"{_ACTOR}.ppo_micro_batch_size_per_gpu={micro} must divide the {per_rank} sequences of a mini-batch "
-                f"per data-parallel rank ({_ACTOR}.ppo_mini_batch_size × {_ROLLOUT}.n / DP = {mini} × {n} / {dp})")):
-            pp = _get(config, f"{_ACTOR}.megatron.pipeline_model_parallel_size", 1)
-            vpp = _get(config, f"{_ACTOR}.megatron.virtual_pipeline_model_parallel_size")
-            problems.require(_get(config, f"{_ACTOR}.strategy") != "megatron" or vpp is None
-                             or (per_rank // micro) % pp == 0, (
-                f"with {_ACTOR}.megatron.virtual_pipeline_model_parallel_size={vpp}, the {per_rank // micro} "
-                f"micro-batches per mini-batch must be a multiple of pipeline_model_parallel_size={pp}"))
-        megatron = _get(config, f"{_ACTOR}.strategy") == "megatron"
-        minimal, what = ((dp * micro, f"DP × {_ACTOR}.ppo_micro_batch_size_per_gpu = {dp} × {micro}") if megatron
-                         else (n_gpus, f"the {n_gpus} GPUs"))
-        problems.require(train * n % minimal == 0, (
-            f"data.train_batch_size × {_ROLLOUT}.n = {train * n} must be divisible by {what} (veRL's validate_config)"))
+    _micro_batch_problems(problems, config, train=train, n=n, mini=mini, dp=dp, n_gpus=n_gpus)
     multiple = math.lcm(dp, mini_seqs)
     padded = -(-train * n // multiple) * multiple
     _check_infer_micro_batches(problems, config, f"{_ROLLOUT}.log_prob_micro_batch_size_per_gpu", padded, dp,
