@@ -30,8 +30,8 @@ __all__ = ["OMNI_FULL_MODEL_TYPES", "checkpoint_name_rule", "install", "is_full_
 # the full Omni checkpoints: a ``thinker_config`` next to a talker and a code-to-wave model
 OMNI_FULL_MODEL_TYPES = ("qwen2_5_omni", "qwen3_omni_moe")
 
-# transformers 5 module prefix -> Qwen2-Audio checkpoint prefix (longest first; names already in the checkpoint
-# layout, as transformers 5.8 / 5.9 keep them, match none and pass unchanged)
+# transformers 5 module prefix -> Qwen2-Audio checkpoint prefix (the prefixes do not overlap; names already in
+# the checkpoint layout, as transformers 5.8 / 5.9 keep them, match none and pass unchanged)
 _QWEN2_AUDIO_CHECKPOINT_PREFIXES = (
     ("model.language_model.", "language_model.model."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
