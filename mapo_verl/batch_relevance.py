@@ -26,7 +26,7 @@ from mapo_verl.core import (
     sums_by_decile,
 )
 from mapo_verl.core.checks import as_bool_mask, check_per_sequence
-from mapo_verl.core.contract import DELTA_H_METRIC
+from mapo_verl.core.contract import AUDIO_LABEL, DELTA_H_METRIC, SAMPLE_FRAC_STEM, modality_metric
 
 if TYPE_CHECKING:  # the config module imports veRL; this one does not
     from mapo_verl.config import MAPOConfig
@@ -136,10 +136,11 @@ def histogram_metrics(prefix: str, values: torch.Tensor) -> dict[str, float]:
     return metrics
 
 
-def relevance_metrics(relevance: BatchRelevance, cap: float) -> dict[str, float]:
-    """``mapo/*`` metrics of one batch: Δh, ω̃ and ν̃ statistics (``mask_clip_frac``: share of ω̃ at
-    C_mask), the Δh collapse curve by decile."""
-    metrics = {"mapo/audio_sample_frac": float(relevance.has_audio.float().mean())}
+def relevance_metrics(relevance: BatchRelevance, cap: float, label: str = AUDIO_LABEL) -> dict[str, float]:
+    """``mapo/*`` metrics of one batch: the share of rows holding the modalities
+    (``mapo/<label>_sample_frac``, ``label`` from :func:`mapo_verl.modalities.metric_label`), Δh, ω̃
+    and ν̃ statistics (``mask_clip_frac``: share of ω̃ at C_mask), the Δh collapse curve by decile."""
+    metrics = {modality_metric(label, SAMPLE_FRAC_STEM): float(relevance.has_audio.float().mean())}
     audio_tokens = relevance.response_mask & relevance.has_audio.unsqueeze(-1)
     if not bool(audio_tokens.any()):
         return metrics

@@ -43,6 +43,7 @@ __all__ = [
     "IMAGE",
     "VIDEO",
     "MODALITIES",
+    "metric_label",
     "VISUAL_ABLATION_MODES",
     "CLIP_IMAGE_MEAN",
     "CLIP_IMAGE_STD",
@@ -87,6 +88,15 @@ VISUAL_ABLATION_MODES = ABLATION_MODES + ("patch_mask",)
 # The normalisation of Qwen2-VL / Qwen2.5-VL's image processor (OpenAI CLIP's mean and std, RGB).
 CLIP_IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def metric_label(names: Sequence[str]) -> str:
+    """The modality part of the ``mapo/<label>_*`` metric names: the configured modalities in the fixed
+    order audio, image, video, joined by ``+`` (``[audio]`` gives ``audio``: the names of audio-only runs)."""
+    unknown = [name for name in names if name not in MODALITIES]
+    if unknown or not names:
+        raise ValueError(f"modalities {list(names)}: need a non-empty list of names from {sorted(MODALITIES)}")
+    return "+".join(name for name in MODALITIES if name in names)
 
 
 def modality(name: str) -> Modality:

@@ -1,6 +1,6 @@
 """The names MAPO's trainer, worker, engines and config agree on, each spelled once (docs/DESIGN.md, "Layout").
 
-Plain constants, no import: every layer (the math core, the HF and Megatron hooks, the veRL
+Plain constants (and the one function that spells the per-modality metric names), no import: every layer (the math core, the HF and Megatron hooks, the veRL
 adapters, the report) may read them.
 """
 
@@ -22,7 +22,11 @@ __all__ = [
     "HEAD_REDUCTIONS",
     "LAYER_REDUCTIONS",
     "ATTN_LOSS_METRIC",
-    "AUDIO_MASS_METRIC",
+    "MASS_STEM",
+    "LIFT_STEM",
+    "SAMPLE_FRAC_STEM",
+    "AUDIO_LABEL",
+    "modality_metric",
     "DELTA_H_METRIC",
     "LATE_EARLY_SUFFIX",
 ]
@@ -53,6 +57,17 @@ LAYER_REDUCTIONS = ("mean", "max")
 
 # Metrics shared by the trainer, the engines and the collapse report.
 ATTN_LOSS_METRIC = "mapo/attn_loss"
-AUDIO_MASS_METRIC = "mapo/audio_mass"
 DELTA_H_METRIC = "mapo/delta_h"
 LATE_EARLY_SUFFIX = "late_early_ratio"
+
+# Metrics that name the modalities MAPO acts on: ``mapo/<label>_<stem>``, the label being the configured
+# modalities joined by "+" (mapo_verl.modalities.metric_label); audio alone keeps the names ``mapo/audio_*``.
+AUDIO_LABEL = "audio"
+MASS_STEM = "mass"  # a_t, the attention mass on the modality's keys (+ /decile_k, /late_early_ratio, _failed, _success)
+LIFT_STEM = "lift"  # a_t over the uniform share of the keys
+SAMPLE_FRAC_STEM = "sample_frac"  # share of the batch's rows that hold the modality
+
+
+def modality_metric(label: str, stem: str) -> str:
+    """``mapo/<label>_<stem>``, e.g. ``mapo/audio_mass``, ``mapo/image_mass``, ``mapo/audio+image_lift``."""
+    return f"mapo/{label}_{stem}"

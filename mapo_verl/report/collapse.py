@@ -4,7 +4,8 @@ Reads the metrics a run logged (veRL's ``file`` logger JSONL, or a TensorBoard l
 directory) and writes PNG plots:
 
 - ``audio_mass_by_position.png`` — audio attention mass vs relative response position
-  (``mapo/audio_mass/decile_k``) for early, middle and late training steps;
+  (``mapo/audio_mass/decile_k``) for early, middle and late training steps; a run on other
+  modalities logs ``mapo/<modality>_mass`` (e.g. ``image``) and gets ``<modality>_mass_by_position.png``;
 - ``delta_h_by_position.png`` — Δh = H_abl − H_pol by response-position decile;
 - ``omega_histogram.png`` — the distribution of ω̃ (first and last step), in bins over the
   logged range of ω̃, which the title states;
@@ -33,8 +34,10 @@ import pathlib
 import re
 from typing import Iterable
 
-__all__ = ["MIN_EARLY_DELTA_H", "load_metrics", "decile_curve", "delta_h_ratio", "write_report", "write_comparison",
-           "main"]
+from mapo_verl.core.contract import AUDIO_LABEL, LATE_EARLY_SUFFIX, LIFT_STEM, MASS_STEM, modality_metric
+
+__all__ = ["MIN_EARLY_DELTA_H", "load_metrics", "decile_curve", "delta_h_ratio", "modality_of", "write_report",
+           "write_comparison", "main"]
 
 _DECILE = re.compile(r"^(?P<prefix>.+)/decile_(?P<k>\d)$")
 _HIST = re.compile(r"^mapo/omega_hist/bin_(?P<k>\d)$")
@@ -42,6 +45,8 @@ _HIST = re.compile(r"^mapo/omega_hist/bin_(?P<k>\d)$")
 MIN_EARLY_DELTA_H = 0.05
 # Step-wise curves: the reward and the task accuracy veRL logs (validation accuracy when validating).
 _REWARD_KEY = "critic/score/mean"
+# The attention-mass metric of whatever modalities the run acted on: mapo/<modality>_mass[/...]
+_MASS_KEY = re.compile(rf"^mapo/(?P<modality>[a-z]+(?:\+[a-z]+)*)_{MASS_STEM}(?:/|$)")
 _ACCURACY = re.compile(r"^val-core/.*/acc/mean@\d+$")
 
 
@@ -172,13 +177,28 @@ def _integer_steps(axis) -> None:
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _step_series(steps: dict[int, dict[str, float]]) -> dict[str, tuple[str, list[int], list[float]]]:
+def modality_of(*runs: dict[int, dict[str, float]]) -> str:
+    """The modality label (``audio``, ``image``, ``audio+image``, …) of the first ``mapo/<modality>_mass``
+    metric the runs logged; ``audio`` when none did (a GRPO run)."""
+    for steps in runs:
+        for row in steps.values():
+            for key in row:
+                if match := _MASS_KEY.match(key):
+                    return match["modality"]
+    return AUDIO_LABEL
+
+
+def _mass_ratio_key(modality: str) -> str:
+    return f"{modality_metric(modality, MASS_STEM)}/{LATE_EARLY_SUFFIX}"
+
+
+def _step_series(steps: dict[int, dict[str, float]], modality: str) -> dict[str, tuple[str, list[int], list[float]]]:
     """Per-step curves worth plotting: ``{key: (label, steps, values)}`` (meaningful Δh ratios only)."""
     out = {}
     for key, label in ((_REWARD_KEY, "reward (mean score)"),
                        *[(k, "accuracy " + k.split("/")[1]) for k in sorted({k for s in steps.values() for k in s
                                                                               if _ACCURACY.match(k)})],
-                       ("mapo/audio_mass/late_early_ratio", "audio mass late/early"),
+                       (_mass_ratio_key(modality), f"{modality} mass late/early"),
                        ("mapo/attn_loss", "attention loss")):
         xs = [s for s in sorted(steps) if key in steps[s]]
         if xs:
@@ -190,8 +210,8 @@ def _step_series(steps: dict[int, dict[str, float]]) -> dict[str, tuple[str, lis
     return out
 
 
-def _plot_over_steps(plt, steps, path: pathlib.Path):
-    present = _step_series(steps)
+def _plot_over_steps(plt, steps, modality: str, path: pathlib.Path):
+    present = _step_series(steps, modality)
     if not present:
         return []
     figure, axes = plt.subplots(len(present), 1, figsize=(6.4, 2.4 * len(present)), sharex=True, squeeze=False)
@@ -211,9 +231,10 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
 
 
-def _summary_lines(name: str, steps: dict[int, dict[str, float]], any_plot: bool) -> list[str]:
+def _summary_lines(name: str, steps: dict[int, dict[str, float]], modality: str, any_plot: bool) -> list[str]:
     """The summary's table of last-step metrics and the sentences that read them."""
     last = steps[max(steps)]
+    mass, ratio_key = modality_metric(modality, MASS_STEM), _mass_ratio_key(modality)
     lines = [
         f"# Collapse report for `{name}`",
         "",
@@ -222,17 +243,18 @@ def _summary_lines(name: str, steps: dict[int, dict[str, float]], any_plot: bool
         "| metric (last step) | value |",
         "|---|---|",
     ]
-    for key in (_REWARD_KEY, "mapo/audio_mass/late_early_ratio", "mapo/attn_loss", "mapo/audio_mass",
-                "mapo/audio_lift", "mapo/audio_mass_failed", "mapo/audio_mass_success", "mapo/nu_tilde_mean",
+    for key in (_REWARD_KEY, ratio_key, "mapo/attn_loss", mass, modality_metric(modality, LIFT_STEM),
+                f"{mass}_failed", f"{mass}_success", "mapo/nu_tilde_mean",
                 "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_min", "mapo/omega_max", "mapo/mask_clip_frac",
                 "mapo/ablated_over_old_log_prob"):
         lines.append(f"| `{key}` | {_fmt(last.get(key))} |")
-    ratio = last.get("mapo/audio_mass/late_early_ratio")
-    lines += ["", "A late/early ratio below 1 means late response tokens attend to the audio (or depend on it) "
+    ratio = last.get(ratio_key)
+    lines += ["", f"A late/early ratio below 1 means late response tokens attend to the {modality} (or depend on it) "
               "less than early ones: the signature of late-stage modality collapse."]
     if ratio is not None:
         verdict = "falls" if ratio < 1 else "does not fall"
-        lines.append(f"At the last step the audio attention mass {verdict} along the response (ratio {ratio:.3g}).")
+        lines.append(f"At the last step the {modality} attention mass {verdict} along the response "
+                     f"(ratio {ratio:.3g}).")
     if decile_curve(last, "mapo/delta_h") is not None:
         dh_ratio, why = delta_h_ratio(last)
         lines.append(f"Δh late/early ratio at the last step: {dh_ratio:.3g} ({why})." if dh_ratio is not None
@@ -258,20 +280,23 @@ def write_report(source: str | pathlib.Path, out_dir: str | pathlib.Path) -> pat
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    mass_steps = _plot_curves(plt, steps, "mapo/audio_mass", "audio attention mass a_t",
-                              "Audio attention mass by response position", out / "audio_mass_by_position.png")
+    modality = modality_of(steps)
+    mass_png = f"{modality}_mass_by_position.png"
+    mass_steps = _plot_curves(plt, steps, modality_metric(modality, MASS_STEM), f"{modality} attention mass a_t",
+                              f"{modality.capitalize()} attention mass by response position", out / mass_png)
     if mass_steps:
-        written.append(("audio_mass_by_position.png", "audio attention mass by relative position"))
+        written.append((mass_png, f"{modality} attention mass by relative position"))
     delta_steps = _plot_curves(plt, steps, "mapo/delta_h", "Δh = H_abl − H_pol",
-                               "Audio dependence Δh by response position", out / "delta_h_by_position.png")
+                               f"{modality.capitalize()} dependence Δh by response position",
+                               out / "delta_h_by_position.png")
     if delta_steps:
         written.append(("delta_h_by_position.png", "Δh by relative position"))
     if _plot_histogram(plt, steps, out / "omega_histogram.png"):
         written.append(("omega_histogram.png", "ω̃ histogram"))
-    if _plot_over_steps(plt, steps, out / "collapse_over_steps.png"):
+    if _plot_over_steps(plt, steps, modality, out / "collapse_over_steps.png"):
         written.append(("collapse_over_steps.png", "reward, late/early ratios and attention loss over steps"))
 
-    lines = _summary_lines(pathlib.Path(source).name, steps, any_plot=bool(written))
+    lines = _summary_lines(pathlib.Path(source).name, steps, modality, any_plot=bool(written))
     lines += [""] + [f"![{title}]({name})" for name, title in written]
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
@@ -324,12 +349,13 @@ def _load_runs(sources: list[str | pathlib.Path], labels: list[str] | None) -> d
     return runs
 
 
-def _plot_runs_over_steps(plt, runs: dict[str, dict[int, dict[str, float]]], path: pathlib.Path) -> bool:
-    """Reward, accuracy and the audio-mass ratio over steps, one panel each, one colour per run; False when no
-    run logged any of them."""
-    series = {label: _step_series(steps) for label, steps in runs.items()}
+def _plot_runs_over_steps(plt, runs: dict[str, dict[int, dict[str, float]]], modality: str,
+                          path: pathlib.Path) -> bool:
+    """Reward, accuracy and the modality-mass ratio over steps, one panel each, one colour per run; False when
+    no run logged any of them."""
+    series = {label: _step_series(steps, modality) for label, steps in runs.items()}
     keys = [k for k in (_REWARD_KEY, *sorted({k for s in series.values() for k in s if _ACCURACY.match(k)}),
-                        "mapo/audio_mass/late_early_ratio") if any(k in s for s in series.values())]
+                        _mass_ratio_key(modality)) if any(k in s for s in series.values())]
     if not keys:
         return False
     figure, axes = plt.subplots(len(keys), 1, figsize=(7.4, 2.6 * len(keys)), sharex=True, squeeze=False)
@@ -349,9 +375,9 @@ def _plot_runs_over_steps(plt, runs: dict[str, dict[int, dict[str, float]]], pat
     return True
 
 
-def _comparison_rows(runs: dict[str, dict[int, dict[str, float]]]) -> list[str]:
+def _comparison_rows(runs: dict[str, dict[int, dict[str, float]]], modality: str) -> list[str]:
     lines = ["| run | steps | reward (last step) | reward (mean of last 20 % of steps) | "
-             "audio mass late/early | Δh late/early | ω̃ range |", "|---|---|---|---|---|---|---|"]
+             f"{modality} mass late/early | Δh late/early | ω̃ range |", "|---|---|---|---|---|---|---|"]
     for label, steps in runs.items():
         last = steps[max(steps)]
         tail = sorted(steps)[-max(1, len(steps) // 5):]
@@ -361,7 +387,7 @@ def _comparison_rows(runs: dict[str, dict[int, dict[str, float]]]) -> list[str]:
                  if "mapo/omega_min" in last and "mapo/omega_max" in last else "n/a")
         lines.append(f"| {label} | {len(steps)} | {_fmt(last.get(_REWARD_KEY))} | "
                      f"{_fmt(sum(rewards) / len(rewards) if rewards else None)} | "
-                     f"{_fmt(last.get('mapo/audio_mass/late_early_ratio'))} | {_fmt(dh_ratio)} | {omega} |")
+                     f"{_fmt(last.get(_mass_ratio_key(modality)))} | {_fmt(dh_ratio)} | {omega} |")
     return lines
 
 
@@ -378,15 +404,17 @@ def write_comparison(sources: list[str | pathlib.Path], out_dir: str | pathlib.P
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for prefix, ylabel, name in (("mapo/audio_mass", "audio attention mass a_t", "compare_audio_mass_by_position.png"),
+    modality = modality_of(*runs.values())
+    for prefix, ylabel, name in ((modality_metric(modality, MASS_STEM), f"{modality} attention mass a_t",
+                                  f"compare_{modality}_mass_by_position.png"),
                                  ("mapo/delta_h", "Δh = H_abl − H_pol", "compare_delta_h_by_position.png")):
         shown = _overlay_positions(plt, runs, prefix, ylabel, f"{ylabel.split(' =')[0]} by position, last step",
                                    out / name)
         if shown:
             written.append((name, f"{prefix} by position ({', '.join(shown)})"))
-    if _plot_runs_over_steps(plt, runs, out / "compare_over_steps.png"):
-        written.append(("compare_over_steps.png", "reward, accuracy and audio-mass ratio over steps"))
-    lines = ["# Run comparison", "", *_comparison_rows(runs)]
+    if _plot_runs_over_steps(plt, runs, modality, out / "compare_over_steps.png"):
+        written.append(("compare_over_steps.png", f"reward, accuracy and {modality}-mass ratio over steps"))
+    lines = ["# Run comparison", "", *_comparison_rows(runs, modality)]
     lines += ["", "Position curves and ratios exist only for runs that logged `mapo/*` metrics (MAPO runs); "
               "a Δh ratio is shown only where it is meaningful (see `delta_h_ratio`)."]
     lines += [""] + [f"![{title}]({name})" for name, title in written]

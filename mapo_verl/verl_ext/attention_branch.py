@@ -6,7 +6,8 @@
   trainer's fields (:mod:`mapo_verl.core.contract`), the rows the branch applies to (rows that hold
   an audio token), the normalisers ``G`` and ``N`` summed over data-parallel ranks, and per
   micro-batch the objective and the audio-mass statistics;
-- :class:`MassStatistics`: the sums behind the ``mapo/audio_mass*`` and ``mapo/audio_lift`` metrics.
+- :class:`MassStatistics`: the sums behind the ``mapo/<modality>_mass*`` and ``mapo/<modality>_lift`` metrics
+  (``mapo/audio_*`` in audio-only runs).
 
 The engines keep only what differs: how ``a_t`` is captured and mapped to response positions,
 how the gradient enters, and how metrics are reduced over their parallel groups.
@@ -29,8 +30,17 @@ from mapo_verl.core import (
     sums_by_decile,
 )
 from mapo_verl.core.checks import as_bool_mask, check_finite_where
-from mapo_verl.core.contract import AUDIO_MASS_METRIC, COEF_FIELD, CONFIG_PREFIX, FAILED_FIELD, GATE_FIELD
-from mapo_verl.modalities import key_mask, key_token_ids, modality
+from mapo_verl.core.contract import (
+    AUDIO_LABEL,
+    COEF_FIELD,
+    CONFIG_PREFIX,
+    FAILED_FIELD,
+    GATE_FIELD,
+    LIFT_STEM,
+    MASS_STEM,
+    modality_metric,
+)
+from mapo_verl.modalities import key_mask, key_token_ids, metric_label, modality
 
 __all__ = [
     "attention_settings",
@@ -152,7 +162,8 @@ class MassStatistics:
     # lift sum, failed-token mass sum and count, successful-token mass sum and count
     _EXTRA = 5
 
-    def __init__(self):
+    def __init__(self, label: str = AUDIO_LABEL):
+        self.label = label  # the metrics' modality part (mapo_verl.modalities.metric_label)
         self.sums = torch.zeros(NUM_DECILES, dtype=torch.float64)
         self.counts = torch.zeros(NUM_DECILES, dtype=torch.float64)
         self.extra = torch.zeros(self._EXTRA, dtype=torch.float64)
@@ -177,20 +188,20 @@ class MassStatistics:
         """One flat float64 tensor to all-reduce (decile sums, decile counts, then the extra sums)."""
         return torch.cat([self.sums, self.counts, self.extra])
 
-    @staticmethod
-    def metrics_from(packed: torch.Tensor) -> dict[str, float]:
-        """``mapo/audio_mass`` (+ ``/decile_k``, ``/late_early_ratio``), ``mapo/audio_lift`` and
-        ``mapo/audio_mass_failed`` / ``mapo/audio_mass_success`` (token means over responses whose
-        task reward marks them failed / not failed)."""
-        sums, counts, extra = packed.detach().cpu().double().split([NUM_DECILES, NUM_DECILES, MassStatistics._EXTRA])
+    def metrics_from(self, packed: torch.Tensor) -> dict[str, float]:
+        """From :meth:`packed` summed over ranks: ``mapo/<label>_mass`` (+ ``/decile_k``, ``/late_early_ratio``),
+        ``mapo/<label>_lift`` and ``mapo/<label>_mass_failed`` / ``_mass_success`` (token means over responses
+        whose task reward marks them failed / not failed); ``<label>`` is ``audio`` in audio-only runs."""
+        sums, counts, extra = packed.detach().cpu().double().split([NUM_DECILES, NUM_DECILES, self._EXTRA])
+        mass_metric = modality_metric(self.label, MASS_STEM)
         metrics = {}
         if float(counts.sum()) > 0:
-            metrics[AUDIO_MASS_METRIC] = float(sums.sum() / counts.sum())
-            metrics["mapo/audio_lift"] = float(extra[0] / counts.sum())
+            metrics[mass_metric] = float(sums.sum() / counts.sum())
+            metrics[modality_metric(self.label, LIFT_STEM)] = float(extra[0] / counts.sum())
         for name, offset in (("failed", 1), ("success", 3)):
             if float(extra[offset + 1]) > 0:
-                metrics[f"{AUDIO_MASS_METRIC}_{name}"] = float(extra[offset] / extra[offset + 1])
-        metrics.update(position_metrics(AUDIO_MASS_METRIC, sums, counts))
+                metrics[f"{mass_metric}_{name}"] = float(extra[offset] / extra[offset + 1])
+        metrics.update(position_metrics(mass_metric, sums, counts))
         return metrics
 
 
@@ -211,7 +222,7 @@ class AttentionBranch:
         self.horizon: int | None = getattr(actor_config, "loss_scale_factor", None)
         self.audio_ids = audio_ids
         self.num_sequences, self.num_tokens = num_sequences, num_tokens
-        self.statistics = MassStatistics()
+        self.statistics = MassStatistics(metric_label(actor_config.policy_loss.mapo.modalities))
 
     @classmethod
     def begin(cls, data: TensorDict, attention: AttentionLossConfig, actor_config: Any, audio_ids: tuple[int, ...],

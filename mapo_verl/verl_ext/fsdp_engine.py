@@ -26,7 +26,7 @@ coefficients are ignored and they do not count in ``G`` / ``N``).
 
 Metrics: ``mapo/attn_loss`` (``L_attn`` without η, per micro-batch, summed like
 ``actor/pg_loss``), ``mapo/audio_mass`` (token mean over the response tokens of rows with
-audio), ``mapo/audio_mass/decile_<k>`` (by relative response position ``(t-1)/T`` in tenths)
+audio; ``mapo/<modality>_mass`` for other ``modalities``), ``mapo/audio_mass/decile_<k>`` (by relative response position ``(t-1)/T`` in tenths)
 and ``mapo/audio_mass/late_early_ratio`` (mean mass over the last 20 % of response positions
 divided by that over the first 20 %; < 1 means the response listens less as it goes on).
 """
@@ -51,7 +51,7 @@ from mapo_verl.modalities import key_mask
 from mapo_verl.config import AttentionLossConfig
 from mapo_verl.core.contract import ATTN_LOSS_METRIC, CONFIG_PREFIX, MAPO_ENGINE_VENDOR
 from mapo_verl.hf import AudioMassProbe, MassCapture
-from mapo_verl.verl_ext.attention_branch import AttentionBranch, MassStatistics, attention_key_ids, attention_settings
+from mapo_verl.verl_ext.attention_branch import AttentionBranch, attention_key_ids, attention_settings
 
 __all__ = ["MAPOFSDPEngineWithLMHead"]
 
@@ -71,7 +71,7 @@ class _AttentionUpdate:
         torch.distributed.all_reduce(totals, op=torch.distributed.ReduceOp.SUM, group=dp_group)
         return {
             key: Metric(aggregation=AggregationType.MEAN, value=value)
-            for key, value in MassStatistics.metrics_from(totals).items()
+            for key, value in self.branch.statistics.metrics_from(totals).items()
         }
 
 

@@ -39,6 +39,7 @@ from mapo_verl.core.contract import (
     HAS_AUDIO_FIELD,
     MAPO_TRAINER_MODE,
 )
+from mapo_verl.modalities import metric_label
 from mapo_verl.pos_gate import PartOfSpeechGate
 from mapo_verl.batch_relevance import (
     BatchRelevance,
@@ -206,7 +207,7 @@ class MAPOTrainer(PPOTrainerSync):
         output = {"advantages": advantages}
         if self.mapo.attention.enabled:
             output.update(self._attention_fields(data, relevance, grpo, metrics))
-        metrics.update(relevance_metrics(relevance, self.mapo.mask_cap))
+        metrics.update(relevance_metrics(relevance, self.mapo.mask_cap, metric_label(self.mapo.modalities)))
         output = TensorDict({key: response_to_nested(value, nested_response_mask) for key, value in output.items()},
                             batch_size=len(batch))
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)

@@ -180,7 +180,7 @@ def test_mass_statistics_split_failed_and_successful_responses():
     valid = torch.tensor([[True, True, False], [True, True, True]])
     statistics = MassStatistics()
     statistics.add(mass, valid, data, (7,))
-    metrics = MassStatistics.metrics_from(statistics.packed())
+    metrics = statistics.metrics_from(statistics.packed())
     assert metrics["mapo/audio_mass_failed"] == pytest.approx((0.4 + 0.2) / 2)
     assert metrics["mapo/audio_mass_success"] == pytest.approx((0.6 + 0.3 + 0.3) / 3)
     assert metrics["mapo/audio_mass"] == pytest.approx((0.4 + 0.2 + 0.6 + 0.3 + 0.3) / 5)
