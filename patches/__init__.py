@@ -55,7 +55,9 @@ def apply_audio_model_patches() -> None:
     - :mod:`mapo_verl.patches.dataset_checks`: every dataset row is checked at load, bad rows
       are reported and filtered (or fail the load);
     - :mod:`mapo_verl.patches.faults`: rollout failures name their row and fail the run (or are
-      counted and tolerated up to a fraction); the metrics file survives a resume.
+      counted and tolerated up to a fraction); the metrics file survives a resume;
+    - :mod:`mapo_verl.patches.vl_text_rows`: veRL's Qwen2-VL / Qwen2.5-VL forward accepts a micro-batch
+      without images under transformers 5 (text-only rows; MAPO's ablated pass drops the images).
 
     Heavy veRL modules are patched when veRL imports them. Idempotent.
     """
@@ -73,6 +75,7 @@ def apply_audio_model_patches() -> None:
         model_class,
         position_ids,
         processors,
+        vl_text_rows,
     )
 
     processors.install()
@@ -84,4 +87,5 @@ def apply_audio_model_patches() -> None:
     agent_loop.install()
     dataset_checks.install()
     faults.install()
+    vl_text_rows.install()
     _applied = True

@@ -13,7 +13,9 @@ itself and gives them what veRL's agent loop expects of a multimodal processor:
 - Qwen2-Audio uses plain 1-D positions, so it gets no rope index (veRL then uses
   ``compute_position_id_with_mask``).
 
-Every other processor goes to veRL's original function unchanged.
+Every other processor goes to veRL's original function; where torchvision is missing, the
+video-processor base class is put back first (:func:`allow_processors_without_torchvision`), or
+veRL would fail to load its own vision-language processors and train without the images.
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ def _wrap(original):
             return original(name_or_path, **kwargs)
         family = audio_family(getattr(config, "model_type", None))
         if family is None:
+            # veRL's own vision-language processors (Qwen2.5-VL, ...) have a video slot too: without this,
+            # loading one where torchvision is missing fails inside veRL's try and it returns None
+            allow_processors_without_torchvision()
             return original(name_or_path, **kwargs)
         return load_audio_processor(name_or_path, family, config, **kwargs)
 

@@ -7,9 +7,9 @@ as veRL's vLLM backend, so the trainer, agent loop and weight-sync code paths ar
 - :class:`HFRolloutReplica` (``RolloutReplicaRegistry``) launches one :class:`HFRolloutServer`
   Ray actor per replica, next to the hybrid worker it belongs to;
 - :class:`HFRolloutServer` holds its own copy of the HF model and answers veRL's
-  token-in-token-out ``generate`` (text and audio: the clips are turned into
-  ``input_features`` / ``feature_attention_mask`` by the model's processor and checked
-  against the prompt's audio placeholders);
+  token-in-token-out ``generate`` (text, audio and images: the clips are turned into
+  ``input_features`` / ``feature_attention_mask``, the images into ``pixel_values`` /
+  ``image_grid_thw`` by the model's processor, and checked against the prompt's placeholders);
 - :class:`HFServerAdapter` (``verl.workers.rollout.base._ROLLOUT_REGISTRY``) lives in the
   hybrid actor worker; after every policy update veRL hands it the actor's full weights
   (``get_per_tensor_param``), which it streams to the server in buckets. The server
@@ -157,6 +157,24 @@ class HFRolloutServer:
         )
         return inputs
 
+    def _image_inputs(self, prompt_ids: list[int], image_data, request_id: str) -> dict:
+        image_processor = getattr(self.processor, "image_processor", None)
+        image_token_id = getattr(self.generator.config, "image_token_id", None)
+        if image_processor is None or image_token_id is None:
+            raise ValueError(f"request {request_id}: images given, but {type(self.processor).__name__} of "
+                             f"{self.model_config.hf_config.model_type} has no image processor / image token")
+        inputs = dict(image_processor(images=image_data, return_tensors="pt"))
+        merge = getattr(image_processor, "merge_size", 1)
+        expected = int(inputs["image_grid_thw"].prod(-1).sum()) // merge**2
+        ids = torch.tensor(prompt_ids)
+        found = int((ids == image_token_id).sum())
+        if found != expected:
+            raise ValueError(f"request {request_id}: the prompt holds {found} image placeholders, its "
+                             f"{len(image_data)} image(s) need {expected} (grids {inputs['image_grid_thw'].tolist()})")
+        # token types (1 = image) let the model build its 3-D mRoPE positions from the grid, as the actor does
+        inputs["mm_token_type_ids"] = (ids == image_token_id).to(torch.int32)[None]
+        return inputs
+
     @torch.no_grad()
     def _generate(self, prompt_ids: list[int], sampling_params: dict, mm_inputs: dict) -> tuple[list[int], list[float]]:
         temperature = float(sampling_params.get("temperature", 1.0))
@@ -210,14 +228,16 @@ class HFRolloutServer:
     ) -> TokenOutput:
         from verl.utils import normalize_token_ids
 
-        if image_data or video_data:
+        if video_data:
             raise NotImplementedError(
-                f"request {request_id}: the hf rollout backend generates from text and audio; images/videos need vLLM"
+                f"request {request_id}: the hf rollout backend generates from text, audio and images; video needs vLLM"
             )
         prompt_ids = normalize_token_ids(prompt_ids)
         sampling_params = dict(sampling_params)
         want_log_probs = bool(sampling_params.pop("logprobs", False))
         mm_inputs = self._audio_inputs(prompt_ids, audio_data, mm_processor_kwargs, request_id) if audio_data else {}
+        if image_data:
+            mm_inputs.update(self._image_inputs(prompt_ids, image_data, request_id))
         async with self._lock:
             token_ids, log_probs = await asyncio.to_thread(self._generate, prompt_ids, sampling_params, mm_inputs)
             global_steps = self.global_steps

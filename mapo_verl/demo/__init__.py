@@ -1,4 +1,5 @@
-"""The embedded default: a tiny random Qwen2.5-Omni thinker and an audio QA set, made offline.
+"""The embedded defaults, made offline: a tiny random Qwen2.5-Omni thinker and an audio QA set; a tiny
+random Qwen2.5-VL and an image QA set (:mod:`mapo_verl.demo.vision`).
 
 :func:`ensure_demo_assets` creates them on first use (a few seconds, no network) under
 ``$MAPO_DEMO_DIR`` (default ``~/.cache/mapo_verl/demo``) and returns their paths; later
@@ -21,7 +22,7 @@ __all__ = ["DEMO_DIR_ENV", "RESOLVER", "DemoAssets", "demo_dir", "ensure_demo_as
 DEMO_DIR_ENV = "MAPO_DEMO_DIR"
 RESOLVER = "mapo_demo"  # ${mapo_demo:model_dir} etc. in recipes
 # bump when the builders change, so stale caches are not reused
-_ASSETS_VERSION = "v3"
+_ASSETS_VERSION = "v4"
 _TRAIN_ROWS, _VAL_ROWS = 64, 8
 
 
@@ -32,6 +33,9 @@ class DemoAssets:
     train_file: Path
     val_file: Path
     reward_file: Path
+    vl_model_dir: Path  # the vision default: a tiny Qwen2.5-VL and its shapes set
+    vl_train_file: Path
+    vl_val_file: Path
 
 
 def demo_dir() -> Path:
@@ -48,11 +52,15 @@ def _assets(root: Path) -> DemoAssets:
         train_file=root / "tones_train.parquet",
         val_file=root / "tones_val.parquet",
         reward_file=Path(reward.__file__).resolve(),
+        vl_model_dir=root / "qwen2_5_vl_tiny",
+        vl_train_file=root / "shapes_train.parquet",
+        vl_val_file=root / "shapes_val.parquet",
     )
 
 
 def _build(target: Path) -> None:
     from mapo_verl.demo.data import corpus, make_rows, write_parquet
+    from mapo_verl.demo import vision
     from mapo_verl.demo.model import save_tiny_omni, save_tiny_omni_thinker
 
     assets = _assets(target)
@@ -60,6 +68,9 @@ def _build(target: Path) -> None:
     save_tiny_omni(assets.omni_model_dir, corpus())
     write_parquet(make_rows(_TRAIN_ROWS, seed=1, split="train"), assets.train_file)
     write_parquet(make_rows(_VAL_ROWS, seed=2, split="val"), assets.val_file)
+    vision.save_tiny_qwen2_5_vl(assets.vl_model_dir)
+    write_parquet(vision.make_rows(_TRAIN_ROWS, seed=1, split="train"), assets.vl_train_file)
+    write_parquet(vision.make_rows(_VAL_ROWS, seed=2, split="val"), assets.vl_val_file)
 
 
 def ensure_demo_assets(root: str | Path | None = None) -> DemoAssets:
@@ -88,7 +99,8 @@ def _resolve(name: str) -> str:
 
 
 def register_resolver() -> None:
-    """Register ``${mapo_demo:<asset>}`` (``model_dir``, ``omni_model_dir``, ``train_file``, ``val_file``, ``reward_file``)."""
+    """Register ``${mapo_demo:<asset>}`` (``model_dir``, ``omni_model_dir``, ``train_file``, ``val_file``,
+    ``reward_file``, ``vl_model_dir``, ``vl_train_file``, ``vl_val_file``)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver(RESOLVER):

@@ -53,17 +53,19 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int = 384):
+def build_tokenizer(corpus: list[str], vocab_size: int = 384, special_tokens: dict[str, str] | None = None,
+                    chat_template: str = CHAT_TEMPLATE):
     """Train a byte-level BPE tokenizer on ``corpus`` and wrap it for transformers.
 
     Byte-level pre-tokenisation makes every string encodable; the special tokens take the
-    first ids. Returns a ``PreTrainedTokenizerFast`` whose ``audio_token`` etc. are set
-    (``Qwen2_5OmniProcessor`` and ``Qwen2AudioProcessor`` read them).
+    first ids. Returns a ``PreTrainedTokenizerFast`` whose ``audio_token`` etc. (``special_tokens``,
+    default :data:`AUDIO_SPECIAL_TOKENS`) are set: the processors read them.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = [_PAD, _IM_START, _IM_END, *AUDIO_SPECIAL_TOKENS.values()]
+    special_tokens = AUDIO_SPECIAL_TOKENS if special_tokens is None else special_tokens
+    specials = [_PAD, _IM_START, _IM_END, *special_tokens.values()]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -78,8 +80,8 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 384):
         tokenizer_object=backend,
         eos_token=_IM_END,
         pad_token=_PAD,
-        extra_special_tokens=dict(AUDIO_SPECIAL_TOKENS),
-        chat_template=CHAT_TEMPLATE,
+        extra_special_tokens=dict(special_tokens),
+        chat_template=chat_template,
     )
 
 
@@ -176,17 +178,15 @@ def thinker_config(tokenizer, scale: int = 1, audio_layers: int | None = None, a
     )
 
 
-def _save_tiny_model(path: str | Path, corpus: list[str], seed: int, clip_seconds: int, build_model) -> Path:
-    """Write ``build_model(tokenizer)`` (seeded with ``seed``, fp32) with the demo tokenizer and processor."""
+def _save_model_files(path: str | Path, tokenizer, processor, seed: int, build_model) -> Path:
+    """Write ``build_model()`` (seeded with ``seed``, fp32) with ``tokenizer``'s generation config and ``processor``."""
     import torch
     from transformers import GenerationConfig
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(corpus)
-    processor = omni_processor(tokenizer, clip_seconds)
     torch.manual_seed(seed)
-    model = build_model(tokenizer).to(torch.float32)
+    model = build_model().to(torch.float32)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
     )
@@ -194,6 +194,13 @@ def _save_tiny_model(path: str | Path, corpus: list[str], seed: int, clip_second
     processor.save_pretrained(path)
     (path / "mapo_demo.json").write_text(json.dumps({"seed": seed, "parameters": model.num_parameters()}))
     return path
+
+
+def _save_tiny_model(path: str | Path, corpus: list[str], seed: int, clip_seconds: int, build_model) -> Path:
+    """Write ``build_model(tokenizer)`` with the demo tokenizer and Omni processor."""
+    tokenizer = build_tokenizer(corpus)
+    return _save_model_files(path, tokenizer, omni_processor(tokenizer, clip_seconds), seed,
+                             lambda: build_model(tokenizer))
 
 
 def save_tiny_omni_thinker(path: str | Path, corpus: list[str], seed: int = 0, clip_seconds: int = MAX_CLIP_SECONDS,
