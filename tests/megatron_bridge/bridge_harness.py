@@ -1,4 +1,4 @@
-"""Multi-process harness for MAPO's attention hook on Megatron-Bridge's audio models (run as a script per rank).
+"""Multi-process harness for MAPO's attention hook on Megatron-Bridge's audio and vision models (a script per rank).
 
 ``python bridge_harness.py --rank R --world 2 --port P --out DIR --scenarios family:case,...`` runs the
 named scenarios on a two-process gloo world with Megatron-Bridge 0.5.1 / megatron-core 0.18.2 on CPU
@@ -6,9 +6,10 @@ named scenarios on a two-process gloo world with Megatron-Bridge 0.5.1 / megatro
 
 Each case compares the *hooked* model under a parallel layout (indicator-V mass, gradient injected at
 the chosen layers, megatron-core's pipeline schedule) with a reference built independently on the same
-weights and data: TP=1, PP=1, the audio mass from explicitly materialised softmax probabilities, spec
-§2's loss written out in ``tests/megatron/mcore_harness.py``, and one plain ``backward`` of
-``Σ_mb (L_main + η·L_attn)``. Every parameter is compared, the audio encoder's included.
+weights and data: TP=1, PP=1, the key mass (audio placeholders, image ones for ``qwen25_vl``; the batch
+field keeps the name ``audio``) from explicitly materialised softmax probabilities, spec §2's loss written
+out in ``tests/megatron/mcore_harness.py``, and one plain ``backward`` of ``Σ_mb (L_main + η·L_attn)``.
+Every parameter is compared, the modality encoder's included.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def make_micro_batches(family: str, mbs: int, seed: int) -> list[dict]:
     batches = []
     for start in range(0, len(samples), mbs):
         chunk = samples[start:start + mbs]
-        extra = bm.labels_and_masks(chunk)
+        extra = bm.labels_and_masks(chunk, bm.KEY_TOKEN[family])
         gate = extra["loss_mask"] & (torch.rand(extra["loss_mask"].shape, generator=g) < 0.8)
         coef = torch.where(gate, torch.rand(gate.shape, generator=g) + 0.5, torch.zeros(()))
         batches.append(dict(inputs=bm.model_inputs(family, chunk), labels=extra["labels"],
@@ -196,7 +197,7 @@ def run_hooked(family: str, case: dict, ref: dict, data: list[dict]) -> dict:
             error, size = float((got - expected).abs().max()), float(expected.abs().max())
             worst_name = name if error > worst else worst_name
             worst, scale = max(worst, error), max(scale, size)
-            if "audio" in name:
+            if bm.ENCODER_NAME[family] in name:
                 audio_worst, audio_scale = max(audio_worst, error), max(audio_scale, size)
         mass_err = max((float((r.mass - m).abs().max()) for r, m in zip(requests, ref["masses"])), default=None)
         hook.remove()
@@ -211,24 +212,25 @@ def run_hooked(family: str, case: dict, ref: dict, data: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------- audio-ablated pass
 def run_ablated(family: str) -> dict:
-    """Token entropies with the audio vs with the features dropped (placeholders and positions kept)."""
-    from mapo_verl.modalities import ablate_audio
+    """Token entropies with the audio (the image) vs with the features dropped (placeholders and positions kept)."""
+    from mapo_verl.modalities import AUDIO, IMAGE, ablate_modality
 
     ps.initialize_model_parallel(1, 1)
     try:
         model = bm.build_model(family)
         samples = bm.make_samples(family, 2, seed=31)
         inputs = bm.model_inputs(family, samples)
-        audio_keys = {k: inputs.pop(k) for k in ("input_features", "feature_attention_mask")}
-        ablated = ablate_audio(audio_keys, "drop")
+        kind = IMAGE if family in bm.VISION_FAMILIES else AUDIO
+        modality_inputs = {k: inputs.pop(k) for k in kind.feature_keys + kind.layout_keys if k in inputs}
+        ablated = ablate_modality(modality_inputs, kind, "drop")
 
         def entropies(extra):
             with torch.no_grad():
                 logits = model(**inputs, **extra).double()
             return -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)  # [B, S]
 
-        policy, reference = entropies(audio_keys), entropies(ablated)
-        first = [int((s.ids == bm.AUDIO).nonzero()[0]) for s in samples]
+        policy, reference = entropies(modality_inputs), entropies(ablated)
+        first = [int((s.ids == bm.KEY_TOKEN[family]).nonzero()[0]) for s in samples]
         before = max(float((policy[b, :f] - reference[b, :f]).abs().max()) for b, f in enumerate(first))
         after = min(float((policy[b, f:s.length] - reference[b, f:s.length]).abs().max())
                     for b, (f, s) in enumerate(zip(first, samples)))

@@ -1,10 +1,11 @@
-"""Tiny Megatron-Bridge audio models (real Megatron-Bridge classes) and their data, for the bridge lane.
+"""Tiny Megatron-Bridge audio and vision models (real Megatron-Bridge classes) and their data, for the bridge lane.
 
 Each family builds the model class that Megatron-Bridge's provider builds (``Qwen25OmniModel``,
-``Qwen3OmniModel``, ``Qwen2AudioModel``) from tiny HF configs: the providers of the two Omni families
-hard-code Transformer Engine's layer spec, so their model classes are built directly with the
-provider's arguments and the layer spec asked for; Qwen2-Audio's provider takes a layer spec and is
-used as it is. The caller imports Megatron-Bridge first (on CPU: ``mapo_verl.cpu.megatron.import_megatron_bridge``,
+``Qwen3OmniModel``, ``Qwen2AudioModel``, ``Qwen25VLModel``) from tiny HF configs: the providers of the two
+Omni families hard-code Transformer Engine's layer spec, so their model classes are built directly with
+the provider's arguments and the layer spec asked for; Qwen2-Audio's and Qwen2.5-VL's providers take a
+layer spec and are used as they are. Every sample holds one item of the family's modality (a clip, or an
+image for ``qwen25_vl``); its placeholders are the attention loss's keys. The caller imports Megatron-Bridge first (on CPU: ``mapo_verl.cpu.megatron.import_megatron_bridge``,
 plus its ``install_cuda_shims``); ``scripts/gpu_check_megatron.sh`` builds the same models on a GPU.
 """
 
@@ -33,8 +34,14 @@ PAD, AUDIO, IMAGE, VIDEO, AUDIO_START, AUDIO_END, VISION_START, VISION_END = 0, 
 MEL_BINS = 8
 CLIP_FRAMES = (20, 28, 36)  # valid mel frames of the clips (5, 7, 9 audio tokens for the Qwen2.5-Omni encoder)
 QWEN2_AUDIO_FRAMES = 40  # Qwen2-Audio's encoder takes exactly 2 x max_source_positions frames
+IMAGE_GRIDS = ((1, 4, 4), (1, 4, 6), (1, 6, 4))  # patch grids of the images (4, 6, 6 tokens after the 2×2 merge)
+PATCH_DIM = 3 * 2 * 14 * 14  # channels × temporal patch × patch²
 
-FAMILIES = ("qwen25_omni", "qwen3_omni", "qwen2_audio")
+FAMILIES = ("qwen25_omni", "qwen3_omni", "qwen2_audio", "qwen25_vl")
+VISION_FAMILIES = ("qwen25_vl",)
+# the placeholder token the attention loss keys on, and the name part of the family's encoder parameters
+KEY_TOKEN = {"qwen25_omni": AUDIO, "qwen3_omni": AUDIO, "qwen2_audio": AUDIO, "qwen25_vl": IMAGE}
+ENCODER_NAME = {"qwen25_omni": "audio", "qwen3_omni": "audio", "qwen2_audio": "audio", "qwen25_vl": "visual"}
 
 
 @dataclass(frozen=True)
@@ -164,8 +171,28 @@ def _qwen2_audio(tp: int, pp: int, recompute: str | None, numerics: Numerics) ->
     return provider.provide(**_stage_flags())
 
 
+# --------------------------------------------------------------------------- Qwen2.5-VL
+def _qwen25_vl(tp: int, pp: int, recompute: str | None, numerics: Numerics) -> torch.nn.Module:
+    from megatron.bridge.models.gpt_provider import local_layer_spec
+    from megatron.bridge.models.qwen_vl.qwen25_vl_provider import Qwen25VLModelProvider
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+
+    vision = Qwen2_5_VLVisionConfig(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=HIDDEN,
+                                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                                    fullatt_block_indexes=[0], in_channels=3, torch_dtype=numerics.dtype)
+    spec = {} if numerics.transformer_engine else dict(transformer_layer_spec=local_layer_spec)
+    provider = Qwen25VLModelProvider(
+        vision_config=vision, mrope_section=[1, 1, 2], add_qkv_bias=True, rotary_base=10000.0, seq_length=SEQ,
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END, bos_token_id=1, eos_token_id=2, **spec,
+        **_common_config(tp, pp, recompute, numerics))
+    provider.finalize()
+    provider._pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+    return provider.provide(**_stage_flags())
+
+
 _BUILDERS: dict[str, Callable[[int, int, str | None, Numerics], torch.nn.Module]] = {
-    "qwen25_omni": _qwen25_omni, "qwen3_omni": _qwen3_omni, "qwen2_audio": _qwen2_audio}
+    "qwen25_omni": _qwen25_omni, "qwen3_omni": _qwen3_omni, "qwen2_audio": _qwen2_audio, "qwen25_vl": _qwen25_vl}
 
 
 def build_model(family: str, *, tp: int = 1, pp: int = 1, recompute: str | None = None,
@@ -173,7 +200,8 @@ def build_model(family: str, *, tp: int = 1, pp: int = 1, recompute: str | None 
     """The family's model chunk for this rank's pipeline stage, stage flags exposed, with the mask shim.
 
     The Omni thinkers also read the [B, S] mask for their rope index, so the shim sits on their language
-    model; Qwen2-Audio calls its language model's ``forward`` directly (no hooks run), so it sits on the top.
+    model; Qwen2-Audio and Qwen2.5-VL call their language model's ``forward`` directly (no hooks run), so it
+    sits on the top.
     """
     from megatron.core.enums import ModelType
 
@@ -181,7 +209,7 @@ def build_model(family: str, *, tp: int = 1, pp: int = 1, recompute: str | None 
     model = expose_stage_flags(_BUILDERS[family](tp, pp, recompute, numerics))
     model.model_type = ModelType.encoder_or_decoder  # what Megatron-Bridge's get_model sets for the schedules
     if not numerics.transformer_engine:  # TE reads the [B, S] mask itself
-        (model if family == "qwen2_audio" else find_language_model(model)).register_forward_pre_hook(
+        (model if family in ("qwen2_audio", "qwen25_vl") else find_language_model(model)).register_forward_pre_hook(
             padding_to_causal_mask, with_kwargs=True)
     return model
 
@@ -202,11 +230,35 @@ class Sample:
     length: int
     prompt: int  # prompt length; the response follows
     frames: int  # valid mel frames of the sample's clip (0: no audio)
-    features: torch.Tensor | None  # [MEL_BINS, frames_padded]
+    features: torch.Tensor | None  # [MEL_BINS, frames_padded], or an image's patches [t·h·w, PATCH_DIM]
+    grid: tuple[int, int, int] | None = None  # an image's patch grid
+
+
+def _image_samples(count: int, seed: int) -> list[Sample]:
+    """Samples ``[text][VISION_START][IMAGE…][VISION_END][text][response][PAD…]`` with one image each."""
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for index in range(count):
+        grid = IMAGE_GRIDS[index % len(IMAGE_GRIDS)]
+        patches = grid[0] * grid[1] * grid[2]
+        text = lambda n: torch.randint(1, AUDIO, (n,), generator=g)  # noqa: E731
+        pieces = [text(1), torch.tensor([VISION_START]), torch.full((patches // 4,), IMAGE), torch.tensor([VISION_END]),
+                  text(2)]
+        prompt = sum(p.numel() for p in pieces)
+        response = int(torch.randint(5, SEQ - prompt - 1, (1,), generator=g))
+        body = torch.cat(pieces + [text(response)])
+        ids = torch.full((SEQ,), PAD)
+        ids[: body.numel()] = body
+        samples.append(Sample(ids=ids, length=body.numel(), prompt=prompt, frames=0,
+                              features=torch.randn(patches, PATCH_DIM, generator=g), grid=grid))
+    return samples
 
 
 def make_samples(family: str, count: int, seed: int, *, with_audio=lambda i: True) -> list[Sample]:
-    """Samples ``[text][AUDIO_START][placeholders][AUDIO_END][text][response][PAD…]`` with one clip each."""
+    """Samples ``[text][AUDIO_START][placeholders][AUDIO_END][text][response][PAD…]`` with one clip each (one
+    image each for the vision families)."""
+    if family in VISION_FAMILIES:
+        return _image_samples(count, seed)
     g = torch.Generator().manual_seed(seed)
     samples = []
     for index in range(count):
@@ -236,6 +288,10 @@ def model_inputs(family: str, samples: list[Sample], *, drop_audio: bool = False
     ids = torch.stack([s.ids for s in samples])
     mask = torch.arange(SEQ)[None, :] < torch.tensor([s.length for s in samples])[:, None]
     inputs = dict(input_ids=ids, attention_mask=mask)
+    if family in VISION_FAMILIES:
+        inputs["pixel_values"] = torch.cat([s.features for s in samples])
+        inputs["image_grid_thw"] = torch.tensor([list(s.grid) for s in samples])
+        return inputs
     if family == "qwen2_audio":
         inputs["position_ids"] = torch.arange(SEQ).expand(len(samples), SEQ)
     clips = [s for s in samples if s.features is not None]
@@ -248,11 +304,12 @@ def model_inputs(family: str, samples: list[Sample], *, drop_audio: bool = False
     return inputs
 
 
-def labels_and_masks(samples: list[Sample]) -> dict:
-    """Next-token labels, the response-token loss mask (positions predicting response tokens), audio keys."""
+def labels_and_masks(samples: list[Sample], key_token: int = AUDIO) -> dict:
+    """Next-token labels, the response-token loss mask (positions predicting response tokens), and the keys of
+    the attention loss (``audio``: the ``key_token`` placeholders, image ones for the vision families)."""
     ids = torch.stack([s.ids for s in samples])
     position = torch.arange(SEQ)[None, :]
     prompt = torch.tensor([s.prompt for s in samples])[:, None]
     length = torch.tensor([s.length for s in samples])[:, None]
     response = (position >= prompt - 1) & (position < length - 1)
-    return dict(labels=torch.roll(ids, -1, dims=1), loss_mask=response, audio=ids == AUDIO)
+    return dict(labels=torch.roll(ids, -1, dims=1), loss_mask=response, audio=ids == key_token)
