@@ -22,7 +22,16 @@ from mapo_verl.modalities import (
     modality,
     placeholder_token_id,
 )
-from tests.vision.vl_testlib import IMAGE_ID, PATCH_DIM, VISION_END_ID, VISION_START_ID, image_sample, tiny_qwen2_5_vl
+from tests.vision.vl_testlib import (
+    IMAGE_ID,
+    PATCH_DIM,
+    VIDEO_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+    image_sample,
+    tiny_qwen2_5_vl,
+    video_sample,
+)
 
 RESPONSE = 8
 
@@ -61,6 +70,26 @@ def test_rope_positions_stay_aligned(model):
     # 3-D positions: the image's height / width rows differ from its temporal row (not plain 1-D positions)
     image = ids == IMAGE_ID
     assert not torch.equal(full[0, 0, image], full[1, 0, image]) or not torch.equal(full[0, 0, image], full[2, 0, image])
+
+
+@pytest.mark.parametrize("mode", ("drop", "zero", "noise"))
+def test_video_ablation_changes_entropies_only_after_the_first_frame_and_keeps_positions(model, mode):
+    ids, inputs = video_sample()
+    ablated = ablate_modality(inputs, VIDEO, mode, generator=torch.Generator().manual_seed(0))
+    assert ("pixel_values_videos" in ablated) == (mode != "drop")
+    for key in ("video_grid_thw", "second_per_grid_ts", "mm_token_type_ids"):  # layout kept: positions kept
+        assert torch.equal(ablated[key], inputs[key])
+    full, without = entropies(model, ids, inputs), entropies(model, ids, ablated)
+    first_frame = int((ids == VIDEO_ID).nonzero()[0])
+    assert torch.equal(full[:first_frame], without[:first_frame])
+    assert (full[-RESPONSE:] - without[-RESPONSE:]).abs().max() > 1e-6
+    mask = torch.ones(1, len(ids), dtype=torch.long)
+    positions = [model.model.get_rope_index(ids[None], sample["mm_token_type_ids"], None, sample["video_grid_thw"],
+                                            second_per_grid_ts=sample["second_per_grid_ts"], attention_mask=mask)[0]
+                 for sample in (inputs, ablated)]
+    assert torch.equal(*positions)
+    frames = positions[0][0, 0, ids == VIDEO_ID]
+    assert frames.unique().numel() == 2  # two temporal patches: the video's own time axis, not 1-D positions
 
 
 def test_patch_blackening_sets_chosen_patches_to_normalised_black():

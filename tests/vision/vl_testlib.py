@@ -45,3 +45,16 @@ def image_sample(grid=(1, 4, 4), *, prefix=(1, 5, 6), suffix=(7, 8, 9, 10, 11, 1
     # token types (text 0, image 1): without them transformers' Qwen2.5-VL falls back to 1-D positions
     types = (ids == IMAGE_ID).to(torch.int32)[None]
     return ids, {"pixel_values": pixels, "image_grid_thw": torch.tensor([list(grid)]), "mm_token_type_ids": types}
+
+
+def video_sample(grid=(2, 4, 4), *, prefix=(1, 5, 6), suffix=(7, 8, 9, 10, 11, 12, 13, 14), seed: int = 0,
+                 dtype=torch.float32):
+    """(input_ids [S], multi_modal_inputs) with one video of ``grid`` (temporal patches of 2 frames each), laid out
+    like :func:`image_sample` with video placeholders and token type 2."""
+    t, h, w = grid
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(t * h * w, PATCH_DIM, generator=generator).to(dtype)
+    ids = torch.tensor([*prefix, VISION_START_ID, *[VIDEO_ID] * (t * h * w // MERGE**2), VISION_END_ID, *suffix])
+    types = ((ids == VIDEO_ID).to(torch.int32) * 2)[None]
+    return ids, {"pixel_values_videos": pixels, "video_grid_thw": torch.tensor([list(grid)]),
+                 "second_per_grid_ts": torch.tensor([1.0]), "mm_token_type_ids": types}
