@@ -38,14 +38,15 @@ def test_metric_label_refuses_unknown_or_no_modality(names):
         metric_label(names)
 
 
+def _jagged(*rows, dtype=torch.float32):
+    return torch.nested.nested_tensor([torch.tensor(row, dtype=dtype) for row in rows], layout=torch.jagged)
+
+
 def _statistics(label: str | None) -> MassStatistics:
-    """Two rows of response-aligned mass; row 0 failed."""
-    input_ids = torch.nested.nested_tensor([torch.tensor([7, 7, 1, 2, 3, 4]), torch.tensor([7, 1, 5, 6, 8])],
-                                           layout=torch.jagged)
-    response_mask = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=torch.jagged)
-    failed = torch.nested.nested_tensor([torch.ones(2, dtype=torch.long), torch.zeros(3, dtype=torch.long)],
-                                        layout=torch.jagged)
-    data = {"input_ids": input_ids, "response_mask": response_mask, FAILED_FIELD: failed}
+    """Two rows of response-aligned mass (responses of 2 and 3 tokens after the prompt); row 0 failed."""
+    data = {"input_ids": _jagged([7, 7, 1, 2, 3, 4], [7, 1, 5, 6, 8], dtype=torch.long),
+            "response_mask": _jagged([1, 1], [1, 1, 1]),
+            FAILED_FIELD: _jagged([1, 1], [0, 0, 0], dtype=torch.long)}
     statistics = MassStatistics() if label is None else MassStatistics(label)
     statistics.add(torch.tensor([[0.4, 0.2, 0.0], [0.6, 0.3, 0.3]]),
                    torch.tensor([[True, True, False], [True, True, True]]), data, (7,))
