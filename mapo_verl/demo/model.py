@@ -20,6 +20,7 @@ __all__ = [
     "MAX_CLIP_SECONDS",
     "build_tokenizer",
     "build_feature_extractor",
+    "save_model_files",
     "save_tiny_omni",
     "save_tiny_omni_thinker",
 ]
@@ -178,7 +179,7 @@ def thinker_config(tokenizer, scale: int = 1, audio_layers: int | None = None, a
     )
 
 
-def _save_model_files(path: str | Path, tokenizer, processor, seed: int, build_model) -> Path:
+def save_model_files(path: str | Path, tokenizer, processor, seed: int, build_model) -> Path:
     """Write ``build_model()`` (seeded with ``seed``, fp32) with ``tokenizer``'s generation config and ``processor``."""
     import torch
     from transformers import GenerationConfig
@@ -199,7 +200,7 @@ def _save_model_files(path: str | Path, tokenizer, processor, seed: int, build_m
 def _save_tiny_model(path: str | Path, corpus: list[str], seed: int, clip_seconds: int, build_model) -> Path:
     """Write ``build_model(tokenizer)`` with the demo tokenizer and Omni processor."""
     tokenizer = build_tokenizer(corpus)
-    return _save_model_files(path, tokenizer, omni_processor(tokenizer, clip_seconds), seed,
+    return save_model_files(path, tokenizer, omni_processor(tokenizer, clip_seconds), seed,
                              lambda: build_model(tokenizer))
 
 

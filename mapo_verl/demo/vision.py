@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mapo_verl.demo.model import _save_model_files, build_tokenizer
+from mapo_verl.demo.model import build_tokenizer, save_model_files
 
 __all__ = ["VISION_SPECIAL_TOKENS", "VL_CHAT_TEMPLATE", "IMAGE_SIDE", "DATA_SOURCE", "QUESTIONS", "vl_corpus",
            "make_image", "make_rows", "save_tiny_qwen2_5_vl"]
@@ -146,5 +146,5 @@ def save_tiny_qwen2_5_vl(path: str | Path, seed: int = 0) -> Path:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     tokenizer = build_tokenizer(vl_corpus(), special_tokens=VISION_SPECIAL_TOKENS, chat_template=VL_CHAT_TEMPLATE)
-    return _save_model_files(path, tokenizer, vl_processor(tokenizer), seed,
+    return save_model_files(path, tokenizer, vl_processor(tokenizer), seed,
                              lambda: Qwen2_5_VLForConditionalGeneration(vl_config(tokenizer)))
