@@ -22,6 +22,7 @@ Only hybrid (colocated, synchronous) mode with one process per replica is suppor
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import time
@@ -171,8 +172,10 @@ class HFRolloutServer:
         if found != expected:
             raise ValueError(f"request {request_id}: the prompt holds {found} image placeholders, its "
                              f"{len(image_data)} image(s) need {expected} (grids {inputs['image_grid_thw'].tolist()})")
-        # token types (1 = image) let the model build its 3-D mRoPE positions from the grid, as the actor does
-        inputs["mm_token_type_ids"] = (ids == image_token_id).to(torch.int32)[None]
+        # Qwen2.5-VL builds its 3-D mRoPE positions from the grid and the token types (1 = image), as the actor
+        # does; the Omni thinkers build them without (and refuse the argument)
+        if "mm_token_type_ids" in inspect.signature(self.generator.forward).parameters:
+            inputs["mm_token_type_ids"] = (ids == image_token_id).to(torch.int32)[None]
         return inputs
 
     @torch.no_grad()

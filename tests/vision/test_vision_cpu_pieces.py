@@ -121,7 +121,10 @@ def test_rollout_image_inputs_match_the_placeholders_or_name_the_request(vl_dir)
     allow_processors_without_torchvision()
     processor = AutoProcessor.from_pretrained(str(vl_dir))
     config = AutoConfig.from_pretrained(str(vl_dir))
-    server = SimpleNamespace(processor=processor, generator=SimpleNamespace(config=config),
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    server = SimpleNamespace(processor=processor,
+                             generator=SimpleNamespace(config=config, forward=Qwen2_5_VLForConditionalGeneration.forward),
                              model_config=SimpleNamespace(hf_config=config))
     tokens = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many squares?"}]}],
@@ -132,6 +135,9 @@ def test_rollout_image_inputs_match_the_placeholders_or_name_the_request(vl_dir)
     assert inputs["image_grid_thw"].tolist() == [[1, side, side]]
     assert inputs["pixel_values"].shape[0] == side * side
     assert int(inputs["mm_token_type_ids"].sum()) == prompt_ids.count(config.image_token_id) == side * side // 4
+    # a model whose forward takes no token types (the Omni thinkers) gets none
+    server.generator.forward = lambda input_ids, pixel_values=None, image_grid_thw=None: None
+    assert "mm_token_type_ids" not in HFRolloutServer._image_inputs(server, prompt_ids, [_image()], "req-9")
     with pytest.raises(ValueError, match=r"request req-8: the prompt holds 9 image placeholders, its 2 image\(s\) "
                                          r"need 18"):
         HFRolloutServer._image_inputs(server, prompt_ids, [_image(), _image((0, 0, 255))], "req-8")
