@@ -59,8 +59,8 @@ def _assets(root: Path) -> DemoAssets:
 
 
 def _build(target: Path) -> None:
-    from mapo_verl.demo.data import corpus, make_rows, write_parquet
     from mapo_verl.demo import vision
+    from mapo_verl.demo.data import corpus, make_rows, write_parquet
     from mapo_verl.demo.model import save_tiny_omni, save_tiny_omni_thinker
 
     assets = _assets(target)
