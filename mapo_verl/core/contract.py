@@ -1,7 +1,7 @@
 """The names MAPO's trainer, worker, engines and config agree on, each spelled once (docs/DESIGN.md, "Layout").
 
-Plain constants (and the one function that spells the per-modality metric names), no import: every layer (the math core, the HF and Megatron hooks, the veRL
-adapters, the report) may read them.
+Plain constants and the one function that spells the per-modality metric names, no import: every
+layer (the math core, the HF and Megatron hooks, the veRL adapters, the report) may read them.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ coefficients are ignored and they do not count in ``G`` / ``N``).
 
 Metrics: ``mapo/attn_loss`` (``L_attn`` without η, per micro-batch, summed like
 ``actor/pg_loss``), ``mapo/audio_mass`` (token mean over the response tokens of rows with
-audio; ``mapo/<modality>_mass`` for other ``modalities``), ``mapo/audio_mass/decile_<k>`` (by relative response position ``(t-1)/T`` in tenths)
+audio; ``mapo/<modality>_mass`` for other ``modalities``), ``mapo/audio_mass/decile_<k>`` (by
+relative response position ``(t-1)/T`` in tenths)
 and ``mapo/audio_mass/late_early_ratio`` (mean mass over the last 20 % of response positions
 divided by that over the first 20 %; < 1 means the response listens less as it goes on).
 """

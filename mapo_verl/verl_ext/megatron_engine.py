@@ -37,7 +37,8 @@ Metrics (on the logging rank, reduced over pipeline stages and data-parallel ran
 CP ranks hold identical values because the hook gathers heads and veRL's postprocess
 gathers the sequence): ``mapo/attn_loss`` (η excluded, summed over micro-batches like
 ``actor/pg_loss``), ``mapo/audio_mass`` (mean a_t over the response tokens of rows with
-audio; ``mapo/<modality>_mass`` for other ``modalities``), ``mapo/audio_mass/decile_{0..9}`` (by relative response position ``(t-1)/T``) and
+audio; ``mapo/<modality>_mass`` for other ``modalities``), ``mapo/audio_mass/decile_{0..9}`` (by
+relative response position ``(t-1)/T``) and
 ``mapo/audio_mass/late_early_ratio`` (mean over the last 20 % of positions over the first
 20 %) — the FSDP engine's definitions.
 
@@ -148,7 +149,8 @@ class MAPOMegatronEngine(MegatronEngineWithLMHead):
         attn_loss.extend(losses.cpu().tolist())  # one value per micro-batch, like actor/pg_loss
         output["metrics"][ATTN_LOSS_METRIC] = attn_loss
         output["metrics"].update(
-            {key: Metric(AggregationType.MEAN, value) for key, value in self._mapo_branch.statistics.metrics_from(statistics).items()}
+            {key: Metric(AggregationType.MEAN, value)
+             for key, value in self._mapo_branch.statistics.metrics_from(statistics).items()}
         )
 
     # ------------------------------------------------------------------ per micro-batch

@@ -5,8 +5,9 @@ Each family builds the model class that Megatron-Bridge's provider builds (``Qwe
 Omni families hard-code Transformer Engine's layer spec, so their model classes are built directly with
 the provider's arguments and the layer spec asked for; Qwen2-Audio's and Qwen2.5-VL's providers take a
 layer spec and are used as they are. Every sample holds one item of the family's modality (a clip, or an
-image for ``qwen25_vl``); its placeholders are the attention loss's keys. The caller imports Megatron-Bridge first (on CPU: ``mapo_verl.cpu.megatron.import_megatron_bridge``,
-plus its ``install_cuda_shims``); ``scripts/gpu_check_megatron.sh`` builds the same models on a GPU.
+image for ``qwen25_vl``); its placeholders are the attention loss's keys. The caller imports
+Megatron-Bridge first (on CPU: ``mapo_verl.cpu.megatron.import_megatron_bridge``, plus its
+``install_cuda_shims``); ``scripts/gpu_check_megatron.sh`` builds the same models on a GPU.
 """
 
 from __future__ import annotations

@@ -123,8 +123,8 @@ def test_rollout_image_inputs_match_the_placeholders_or_name_the_request(vl_dir)
     config = AutoConfig.from_pretrained(str(vl_dir))
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    server = SimpleNamespace(processor=processor,
-                             generator=SimpleNamespace(config=config, forward=Qwen2_5_VLForConditionalGeneration.forward),
+    generator = SimpleNamespace(config=config, forward=Qwen2_5_VLForConditionalGeneration.forward)
+    server = SimpleNamespace(processor=processor, generator=generator,
                              model_config=SimpleNamespace(hf_config=config))
     tokens = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many squares?"}]}],
