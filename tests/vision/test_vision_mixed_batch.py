@@ -1,13 +1,14 @@
 """A mixed batch of image, audio and text-only rows on the tiny random Qwen2.5-Omni thinker (the real HF class, the
 demo's offline processor): removing one modality changes only the rows that carry it, and only after its first
-placeholder; each modality's keys are found only in its own rows. Rows run one by one (no padding)."""
+placeholder; each modality's keys are found only in its own rows. Rows run one by one (no padding). A video row on
+the same thinker: its ablations change the entropies only after the first frame and keep the 3-D positions."""
 
 import numpy as np
 import pytest
 import torch
 from verl.utils.torch_functional import entropy_from_logits
 
-from mapo_verl.modalities import AUDIO, IMAGE, ablate_modality, has_modality, key_mask, key_token_ids
+from mapo_verl.modalities import AUDIO, IMAGE, VIDEO, ablate_modality, has_modality, key_mask, key_token_ids
 from tests.trainer.audio_models_testlib import save_tiny_omni, tone_clip
 
 ANSWER = " two beeps, the answer is B"
@@ -70,3 +71,45 @@ def test_removing_one_modality_changes_only_its_rows_after_its_first_placeholder
         first = int((ids[0] == placeholder).nonzero()[0])
         assert torch.equal(full[:first], ablated[:first])
         assert (full[first:] - ablated[first:]).abs().max() > 1e-4
+
+
+def video_row(model, processor, grid=(2, 4, 4)):
+    """(input_ids [1, S], multi_modal_inputs) of a prompt with one video: ``grid`` temporal × height × width
+    patches of random pixels (the processor's video path needs torchvision, so the inputs are built the way it
+    lays them out: one placeholder per merged patch, the grid and the seconds per temporal patch)."""
+    vision = model.config.vision_config
+    t, h, w = grid
+    placeholders = t * h * w // vision.spatial_merge_size**2
+    text = (f"<|im_start|>user\n<|vision_bos|>{'<|VIDEO|>' * placeholders}<|vision_eos|>How many beeps?<|im_end|>\n"
+            f"<|im_start|>assistant\n{ANSWER}")
+    ids = processor.tokenizer(text, return_tensors="pt")["input_ids"]
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    pixels = torch.randn(t * h * w, patch_dim, generator=torch.Generator().manual_seed(0))
+    return ids, {"pixel_values_videos": pixels, "video_grid_thw": torch.tensor([list(grid)]),
+                 "video_second_per_grid": torch.tensor([1.0])}
+
+
+def rope_positions(model, ids, inputs):
+    positions, _ = model.get_rope_index(ids, None, inputs.get("video_grid_thw"), torch.ones_like(ids),
+                                        use_audio_in_video=False, audio_seqlens=None,
+                                        second_per_grids=inputs.get("video_second_per_grid"))
+    return positions
+
+
+@pytest.mark.parametrize("mode", ["drop", "zero", "noise"])
+def test_video_on_the_thinker_changes_entropies_after_its_first_frame_and_keeps_3d_positions(thinker, mode):
+    model, processor = thinker
+    ids, inputs = video_row(model, processor)
+    placeholders = ids[0] == model.config.video_token_index
+    assert has_modality(inputs, VIDEO) and not has_modality(inputs, IMAGE) and int(placeholders.sum()) == 8
+    assert int(key_mask(ids, key_token_ids(model.config, [VIDEO])).sum()) == 8 + 2  # + the vision markers
+    ablated = ablate_modality(inputs, VIDEO, mode, generator=torch.Generator().manual_seed(1))
+    assert ("pixel_values_videos" in ablated) == (mode != "drop")
+    full, without = entropies(model, ids, inputs), entropies(model, ids, ablated)
+    first = int(placeholders.nonzero()[0])
+    assert torch.equal(full[:first], without[:first])
+    assert (full[first:] - without[first:]).abs().max() > 1e-4
+    positions = rope_positions(model, ids, inputs)
+    assert torch.equal(positions, rope_positions(model, ids, ablated))
+    frames = positions[0, 0, placeholders]  # temporal index of the two temporal patches: 3-D, not 1-D positions
+    assert frames[0] < frames[-1] and len(set(positions[1, 0, placeholders].tolist())) > 1
