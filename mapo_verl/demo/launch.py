@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = run_dir / "metrics.jsonl"
     env = dict(os.environ, VERL_PLATFORM="cpu", VERL_FILE_LOGGER_PATH=str(metrics_file))
+    # Ray folds lines of different workers that differ only in numbers (step, replica, checksum) into one:
+    # the full log keeps every worker's line
+    env.setdefault("RAY_DEDUP_LOGS", "0")
     command = main_ppo_command(args.recipe, config_path, overrides)
     print("[mapo_verl] VERL_PLATFORM=cpu " + " ".join(command[1:]), flush=True)
     log_path = run_dir / "main_ppo.log"

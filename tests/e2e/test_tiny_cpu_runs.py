@@ -14,12 +14,11 @@ wrote the metrics file and the collapse report; GRPO logs none of them.
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
 
-from tests.e2e.tiny_runs import MAPO_METRICS, launch_recipe, step_metrics
+from tests.e2e.tiny_runs import MAPO_METRICS, launch_recipe, step_metrics, synced_checksums
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +57,6 @@ def test_run_finishes_with_finite_metrics(run):
 def test_actor_weights_changed_and_rollout_served_them(run):
     from safetensors.torch import load_file
 
-    from mapo_verl.cpu.rollout import CHECKSUM_LOG_PREFIX
     from mapo_verl.demo import ensure_demo_assets
 
     assert run["returncode"] == 0, run["log"][-3000:]
@@ -75,8 +73,7 @@ def test_actor_weights_changed_and_rollout_served_them(run):
     assert "lm_head.weight" in changed
     assert "audio_tower.proj.weight" in changed  # gradients flowed through the audio features
 
-    sync_line = re.escape(CHECKSUM_LOG_PREFIX) + r" replica=0 step=(\d+) checksum=(\S+)"
-    synced = {int(step): float(checksum) for step, checksum in re.findall(sync_line, run["log"])}
+    synced = synced_checksums(run["log"])
     assert sorted(synced) == list(range(_STEPS + 1))  # initial sync, then one per update
     checksum = lambda state: float(sum(t.double().sum() for t in state.values()))  # noqa: E731
     assert synced[0] == pytest.approx(checksum(initial), rel=1e-12)

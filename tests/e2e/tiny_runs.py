@@ -3,6 +3,7 @@ for the end-to-end tests of both lanes (``tests/e2e``, ``tests/megatron_bridge``
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -15,6 +16,36 @@ _METRIC = re.compile(r"(\S+?):(?:np\.\w+\()?(-?[\d.]+(?:e[-+]?\d+)?|nan|inf|-inf
 # MAPO's method metrics that every step of a MAPO run logs
 MAPO_METRICS = ("mapo/ablated_pass_s", "mapo/delta_h_mean", "mapo/omega_mean", "mapo/omega_max",
                 "mapo/attn_loss", "mapo/audio_mass", "mapo/audio_mass/decile_0", "mapo/pos_gate_frac")
+
+
+# What every step of a MAPO run on images logs (the audio names are not logged)
+IMAGE_METRICS = ("mapo/image_sample_frac", "mapo/image_mass", "mapo/image_lift", "mapo/image_mass/decile_0",
+                 "mapo/image_mass/late_early_ratio", "mapo/attn_loss", "mapo/omega_mean")
+
+
+def synced_checksums(log: str, replica: int = 0) -> dict[int, float]:
+    """``{step: checksum}`` of the weights the HF rollout served after each sync (step 0: the initial ones)."""
+    from mapo_verl.cpu.rollout import CHECKSUM_LOG_PREFIX
+
+    # the number only: Ray may append colour codes to a worker's line
+    line = re.escape(CHECKSUM_LOG_PREFIX) + rf" replica={replica} step=(\d+) checksum=(-?[\d.]+(?:e[-+]?\d+)?)"
+    return {int(step): float(checksum) for step, checksum in re.findall(line, log)}
+
+
+def check_image_run_metrics(run: dict, steps_run: int) -> None:
+    """A MAPO run on images (every row holds one) finished and logged finite image metrics at every step."""
+    assert run["returncode"] == 0, run["log"][-6000:]
+    steps = step_metrics(run["log"])
+    assert sorted(steps) == list(range(1, steps_run + 1)), run["log"][-3000:]
+    for step, metrics in steps.items():
+        bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
+        assert not bad, f"step {step}: non-finite metrics {bad}"
+        missing = [key for key in IMAGE_METRICS if key not in metrics]
+        assert not missing, f"step {step}: no {missing}"
+        assert not [key for key in metrics if key.startswith("mapo/audio")], f"step {step}: audio metrics logged"
+        assert metrics["mapo/image_sample_frac"] == 1.0  # every shapes row has an image
+        assert metrics["mapo/abs_delta_h_mean"] > 0  # the image changed the policy's entropies
+        assert 0.0 < metrics["mapo/image_mass"] < 1.0
 
 
 def step_metrics(log: str) -> dict[int, dict[str, float]]:

@@ -14,12 +14,11 @@ exactly the trained actor's weights after the last update; MAPO's metrics appear
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
 
-from tests.e2e.tiny_runs import MAPO_METRICS, launch_recipe, step_metrics
+from tests.e2e.tiny_runs import MAPO_METRICS, launch_recipe, step_metrics, synced_checksums
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +53,6 @@ def _checksum(state: dict) -> float:
 def test_actor_weights_changed_and_rollout_served_them(run):
     from safetensors.torch import load_file
 
-    from mapo_verl.cpu.rollout import CHECKSUM_LOG_PREFIX
     from mapo_verl.demo import ensure_demo_assets
 
     assert run["returncode"] == 0, run["log"][-3000:]
@@ -71,8 +69,7 @@ def test_actor_weights_changed_and_rollout_served_them(run):
     assert "thinker.lm_head.weight" in changed
     assert "thinker.audio_tower.proj.weight" in changed  # gradients flowed through the audio features
 
-    sync_line = re.escape(CHECKSUM_LOG_PREFIX) + r" replica=0 step=(\d+) checksum=(\S+)"
-    synced = {int(step): float(checksum) for step, checksum in re.findall(sync_line, run["log"])}
+    synced = synced_checksums(run["log"])
     assert sorted(synced) == list(range(_STEPS + 1))  # initial sync, then one per update
     assert synced[0] == pytest.approx(_checksum({n: t.bfloat16() for n, t in initial.items()}), rel=1e-12)
     assert synced[_STEPS] == pytest.approx(_checksum(trained), rel=1e-12)

@@ -11,13 +11,11 @@ collapse report names the image modality.
 from __future__ import annotations
 
 import json
-import math
-import re
 
 import pytest
 import torch
 
-from tests.e2e.tiny_runs import launch_recipe, step_metrics
+from tests.e2e.tiny_runs import check_image_run_metrics, launch_recipe, synced_checksums
 
 pytestmark = pytest.mark.slow
 
@@ -32,25 +30,12 @@ def run(tmp_path_factory):
 
 
 def test_mapo_on_images_logs_image_metrics_at_every_step(run):
-    assert run["returncode"] == 0, run["log"][-6000:]
-    steps = step_metrics(run["log"])
-    assert sorted(steps) == list(range(1, _STEPS + 1)), run["log"][-3000:]
-    for step, metrics in steps.items():
-        bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
-        assert not bad, f"step {step}: non-finite metrics {bad}"
-        for key in ("mapo/image_sample_frac", "mapo/image_mass", "mapo/image_lift", "mapo/image_mass/decile_0",
-                    "mapo/image_mass/late_early_ratio", "mapo/attn_loss", "mapo/omega_mean"):
-            assert key in metrics, f"step {step}: no {key}"
-        assert not [key for key in metrics if key.startswith("mapo/audio")], f"step {step}: audio metrics logged"
-        assert metrics["mapo/image_sample_frac"] == 1.0  # every shapes row has an image
-        assert metrics["mapo/abs_delta_h_mean"] > 0  # the image changed the policy's entropies
-        assert 0.0 < metrics["mapo/image_mass"] < 1.0
+    check_image_run_metrics(run, _STEPS)
 
 
 def test_vision_tower_trained_and_rollout_served_the_weights(run):
     from safetensors.torch import load_file
 
-    from mapo_verl.cpu.rollout import CHECKSUM_LOG_PREFIX
     from mapo_verl.demo import ensure_demo_assets
 
     assert run["returncode"] == 0, run["log"][-3000:]
@@ -66,8 +51,7 @@ def test_vision_tower_trained_and_rollout_served_the_weights(run):
                if not torch.equal(trained[name].float(), initial[by_suffix[name.split("visual.", 1)[1]]].float())]
     assert changed, "no vision-tower weight changed: the pixels did not reach the policy update"
 
-    sync_line = re.escape(CHECKSUM_LOG_PREFIX) + r" replica=0 step=(\d+) checksum=(\S+)"
-    synced = {int(step): float(checksum) for step, checksum in re.findall(sync_line, run["log"])}
+    synced = synced_checksums(run["log"])
     assert sorted(synced) == list(range(_STEPS + 1))  # initial sync, then one per update
     last = sum(tensor.double().sum().item() for tensor in trained.values())
     assert synced[_STEPS] == pytest.approx(last, rel=1e-9)
