@@ -1,6 +1,6 @@
-"""Megatron-Bridge's audio models as veRL's Megatron engine drives them (Megatron-Bridge 0.5.1, veRL 0.9.1).
+"""Megatron-Bridge's audio and vision models as veRL's Megatron engine drives them (Megatron-Bridge 0.5.1, veRL 0.9.1).
 
-Three adaptations, each a fix that can be proposed upstream on its own (``docs/UPSTREAM.md``):
+Four adaptations, each a fix that can be proposed upstream on its own (``docs/UPSTREAM.md``):
 
 - **Stage flags.** veRL's ``model_forward`` reads ``unwrap_model(model).pre_process`` on the
   first forward; Megatron-Bridge's ``Qwen25OmniModel`` keeps the flag on its thinker only
@@ -17,6 +17,10 @@ Three adaptations, each a fix that can be proposed upstream on its own (``docs/U
   module-level ``_get_feat_extract_output_lengths``): with two or more clips in a micro-batch
   the cut lands in the wrong rows (a mismatch error, or another clip's features). The cut is
   redone with the encoder's own rule.
+- **Qwen2.5-VL mRoPE sections.** The Qwen2.5-VL bridge keeps the provider's default
+  ``mrope_section`` ([16, 24, 24], for head_dim 128) whatever the checkpoint's config says: a
+  checkpoint with other sections fails at the first forward (other head_dim) or rotates with the
+  wrong sections (same head_dim). The provider takes the checkpoint's sections.
 
 Applied by :func:`install` when the pinned Megatron-Bridge is the installed one; with any
 other version nothing is patched and a warning says so.
@@ -32,6 +36,7 @@ __all__ = ["TESTED_MEGATRON_BRIDGE_VERSION", "computes_own_positions", "install"
 
 TESTED_MEGATRON_BRIDGE_VERSION = "0.5.1"
 _QWEN3_OMNI_THINKER = "megatron.bridge.models.qwen_omni.modeling_qwen3_omni.thinker_model"
+_QWEN25_VL_BRIDGE = "megatron.bridge.models.qwen_vl.qwen25_vl_bridge"
 logger = logging.getLogger(__name__)
 
 
@@ -110,8 +115,38 @@ def _patch_qwen3_omni_thinker(module) -> None:
         cls.get_audio_features = patched
 
 
+def hf_mrope_section(text_config) -> list[int] | None:
+    """The mRoPE sections of an HF text config (``rope_parameters`` in transformers 5, ``rope_scaling`` in
+    released config files), or None."""
+    for attr in ("rope_parameters", "rope_scaling"):
+        rope = getattr(text_config, attr, None)
+        if isinstance(rope, dict) and rope.get("mrope_section"):
+            return [int(size) for size in rope["mrope_section"]]
+    return None
+
+
+def qwen25_vl_sections_from_checkpoint(original):
+    @functools.wraps(original)
+    def provider_bridge(self, hf_pretrained):
+        provider = original(self, hf_pretrained)
+        section = hf_mrope_section(hf_pretrained.config.text_config)
+        if section is not None:
+            provider.mrope_section = section
+        return provider
+
+    return provider_bridge
+
+
+def _patch_qwen25_vl_bridge(module) -> None:
+    cls = module.Qwen25VLBridge
+    if not hasattr(cls.provider_bridge, "__mapo_original__"):
+        patched = qwen25_vl_sections_from_checkpoint(cls.provider_bridge)
+        patched.__mapo_original__ = cls.provider_bridge
+        cls.provider_bridge = patched
+
+
 def install() -> bool:
-    """Install the three adaptations (idempotent); False, with a warning, on an untested Megatron-Bridge."""
+    """Install the four adaptations (idempotent); False, with a warning, on an untested Megatron-Bridge."""
     from mapo_verl.patches._hooks import replace_function, when_imported
 
     try:
@@ -126,4 +161,5 @@ def install() -> bool:
     replace_function("verl.models.mcore.registry", "get_mcore_engine_forward_fn", _omni_as_multimodal,
                      importers=("verl.models.mcore",))
     when_imported(_QWEN3_OMNI_THINKER, _patch_qwen3_omni_thinker)
+    when_imported(_QWEN25_VL_BRIDGE, _patch_qwen25_vl_bridge)
     return True

@@ -12,8 +12,10 @@ places (``docs/DESIGN.md``, "CPU backend"):
   Every other importer (megatron-core, veRL's ``find_spec`` probe) is told that TE is absent —
   the truth — so megatron-core keeps ``HAVE_TE = False``. The placeholders leave ``sys.modules``
   once the import is done.
-- **Layer spec.** The Omni providers hard-code TE's layer spec; on CPU they get megatron-core's
-  local spec (same parameters, unfused kernels), and their language model gets the explicit
+- **Layer spec.** The Omni providers hard-code TE's layer spec, and the Qwen2.5-VL provider defaults
+  to it; on CPU they get megatron-core's local spec (same parameters, unfused kernels; the VL
+  provider's own ``local_layer_spec`` where its field still holds the default), and their language
+  model gets the explicit
   ``[B, 1, S, S]`` causal-and-padding mask that the unfused attention needs in place of the
   ``[B, S]`` padding mask TE reads itself.
 - **Initialisation.** Megatron-Bridge builds the model on the CPU only when asked at build time
@@ -49,6 +51,8 @@ _OMNI_PROVIDERS = (
     "megatron.bridge.models.qwen_omni.qwen25_omni_provider",
     "megatron.bridge.models.qwen_omni.qwen3_omni_provider",
 )
+# Vision-language providers: their ``transformer_layer_spec`` field selects the spec (default: TE's)
+_VL_PROVIDERS = ("megatron.bridge.models.qwen_vl.qwen25_vl_provider",)
 
 
 # --------------------------------------------------------------------------- Transformer Engine stand-in
@@ -229,7 +233,7 @@ def install_cuda_shims() -> None:
     _cuda_shims_installed = True
 
 
-# --------------------------------------------------------------------------- the Omni providers
+# --------------------------------------------------------------------------- the Omni and VL providers
 def padding_to_causal_mask(module, args, kwargs):
     """Forward pre-hook: a ``[B, S]`` padding mask (True = token) becomes the ``[B, 1, S, S]`` mask
     (True = masked) of megatron-core's unfused attention."""
@@ -246,25 +250,32 @@ def _local_spec(*args, fp8=None, **kwargs):
     return get_gpt_layer_local_spec(*args, **kwargs)
 
 
-def _with_local_attention_mask(provide):
+def _with_local_attention_mask(provide, vision_language: bool = False):
     @functools.wraps(provide)
     def provide_for_cpu(self, *args, **kwargs):
+        from megatron.bridge.models.gpt_provider import default_layer_spec, local_layer_spec
+
         from mapo_verl.megatron.models import find_language_model
 
+        if vision_language and self.transformer_layer_spec is default_layer_spec:
+            self.transformer_layer_spec = local_layer_spec
         model = provide(self, *args, **kwargs)
-        find_language_model(model).register_forward_pre_hook(padding_to_causal_mask, with_kwargs=True)
+        # Qwen25VLModel calls its language model's forward() directly, past any hook: its own call takes the mask
+        masked = model if vision_language else find_language_model(model)
+        masked.register_forward_pre_hook(padding_to_causal_mask, with_kwargs=True)
         return model
 
     provide_for_cpu.__mapo_cpu__ = True
     return provide_for_cpu
 
 
-def _use_local_layer_spec(provider_module) -> None:
-    provider_module.get_gpt_layer_with_transformer_engine_spec = _local_spec
+def _use_local_layer_spec(provider_module, vision_language: bool = False) -> None:
+    if not vision_language:
+        provider_module.get_gpt_layer_with_transformer_engine_spec = _local_spec
     for cls in vars(provider_module).values():
         if isinstance(cls, type) and cls.__module__ == provider_module.__name__ and "provide" in vars(cls):
             if not getattr(cls.provide, "__mapo_cpu__", False):
-                cls.provide = _with_local_attention_mask(cls.provide)
+                cls.provide = _with_local_attention_mask(cls.provide, vision_language)
 
 
 def _initialised_on_cpu(provide_distributed_model):
@@ -287,3 +298,5 @@ def install() -> None:
         ModelProviderMixin.provide_distributed_model = _initialised_on_cpu(ModelProviderMixin.provide_distributed_model)
     for name in _OMNI_PROVIDERS:
         _use_local_layer_spec(importlib.import_module(name))
+    for name in _VL_PROVIDERS:
+        _use_local_layer_spec(importlib.import_module(name), vision_language=True)

@@ -67,6 +67,16 @@ def _require_single_process_replicas(config) -> None:
         )
 
 
+def _checkpoint_renamings(model_type: str) -> list:
+    """transformers' renamings of a model type's checkpoint names to its module names (none where the
+    installed version keeps them on the model class instead: veRL's ``convert_weight_keys`` reads those)."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    except ImportError:
+        return []
+    return [r for r in get_checkpoint_conversion_mapping(model_type) or () if hasattr(r, "rename_source_key")]
+
+
 class HFRolloutServer:
     """An HF model answering veRL's token-in-token-out ``generate`` (run as a Ray actor).
 
@@ -100,6 +110,7 @@ class HFRolloutServer:
         self.generator = getattr(self.model, "thinker", self.model)
         torch.manual_seed(self.config.seed + replica_rank)  # rollout.seed: reproducible dry runs
         self._params = self._syncable_tensors()
+        self._renamings = _checkpoint_renamings(self.model_config.hf_config.model_type)
         self._received: set[str] = set()
         self._lock = asyncio.Lock()
         self.global_steps: Optional[int] = None
@@ -127,6 +138,16 @@ class HFRolloutServer:
         from verl.utils.model import convert_weight_keys
 
         return convert_weight_keys(self.model.state_dict(keep_vars=True), self.model)
+
+    def _param_name(self, name: str) -> str | None:
+        """The rollout tensor a synced name refers to: the name itself, or the name in the checkpoint
+        layout renamed to the model's (Megatron-Bridge exports Qwen2.5-VL as ``model.*`` / ``visual.*``,
+        which transformers 5 loads into ``model.language_model.*`` / ``model.visual.*``)."""
+        if name in self._params:
+            return name
+        for renaming in self._renamings:
+            name = renaming.rename_source_key(name)[0]
+        return name if name in self._params else None
 
     # ---- generation -------------------------------------------------------------------
 
@@ -256,18 +277,19 @@ class HFRolloutServer:
     async def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
         """Copy one bucket of the actor's weights into the model (names as the actor sends them)."""
         async with self._lock:
-            unknown = [name for name, _ in named_tensors if name not in self._params]
+            params = [self._param_name(name) for name, _ in named_tensors]
+            unknown = [name for (name, _), param in zip(named_tensors, params) if param is None]
             if unknown:
                 raise KeyError(f"weight sync sent tensors the rollout model does not have: {unknown[:5]}")
             with torch.no_grad():
-                for name, tensor in named_tensors:
-                    target = self._params[name]
+                for (name, tensor), param in zip(named_tensors, params):
+                    target = self._params[param]
                     if tuple(target.shape) != tuple(tensor.shape):
                         raise ValueError(
                             f"weight sync: {name} has shape {tuple(tensor.shape)}, rollout model {tuple(target.shape)}"
                         )
                     target.copy_(tensor)
-                    self._received.add(name)
+                    self._received.add(param)
 
     async def finish_weight_update(self, global_steps: Optional[int]) -> float:
         """End a sync: every tensor must have been sent; the model then serves version ``global_steps``.

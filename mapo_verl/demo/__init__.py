@@ -22,7 +22,7 @@ __all__ = ["DEMO_DIR_ENV", "RESOLVER", "DemoAssets", "demo_dir", "ensure_demo_as
 DEMO_DIR_ENV = "MAPO_DEMO_DIR"
 RESOLVER = "mapo_demo"  # ${mapo_demo:model_dir} etc. in recipes
 # bump when the builders change, so stale caches are not reused
-_ASSETS_VERSION = "v4"
+_ASSETS_VERSION = "v5"
 _TRAIN_ROWS, _VAL_ROWS = 64, 8
 
 

@@ -124,8 +124,10 @@ def vl_config(tokenizer):
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in VISION_SPECIAL_TOKENS.items()}
     return Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+            # padded to a multiple of 64 as released checkpoints pad theirs: tensor parallelism splits the vocabulary
+            "vocab_size": -(-len(tokenizer) // 64) * 64,
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 1024,
             # temporal/height/width sections sum to head_dim / 2
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
             "tie_word_embeddings": False, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None,
