@@ -107,12 +107,17 @@ def qwen3_omni_audio_features(original):
     return get_audio_features
 
 
+def _wrap_method(cls: type, name: str, wrap) -> None:
+    """``cls.<name>`` becomes ``wrap(original)``, which keeps the original as ``__mapo_original__`` (once)."""
+    original = getattr(cls, name)
+    if not hasattr(original, "__mapo_original__"):
+        patched = wrap(original)
+        patched.__mapo_original__ = original
+        setattr(cls, name, patched)
+
+
 def _patch_qwen3_omni_thinker(module) -> None:
-    cls = module.Qwen3OmniThinkerModel
-    if not hasattr(cls.get_audio_features, "__mapo_original__"):
-        patched = qwen3_omni_audio_features(cls.get_audio_features)
-        patched.__mapo_original__ = cls.get_audio_features
-        cls.get_audio_features = patched
+    _wrap_method(module.Qwen3OmniThinkerModel, "get_audio_features", qwen3_omni_audio_features)
 
 
 def hf_mrope_section(text_config) -> list[int] | None:
@@ -138,11 +143,7 @@ def qwen25_vl_sections_from_checkpoint(original):
 
 
 def _patch_qwen25_vl_bridge(module) -> None:
-    cls = module.Qwen25VLBridge
-    if not hasattr(cls.provider_bridge, "__mapo_original__"):
-        patched = qwen25_vl_sections_from_checkpoint(cls.provider_bridge)
-        patched.__mapo_original__ = cls.provider_bridge
-        cls.provider_bridge = patched
+    _wrap_method(module.Qwen25VLBridge, "provider_bridge", qwen25_vl_sections_from_checkpoint)
 
 
 def install() -> bool:

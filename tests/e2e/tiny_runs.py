@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 _METRIC = re.compile(r"(\S+?):(?:np\.\w+\()?(-?[\d.]+(?:e[-+]?\d+)?|nan|inf|-inf)\)?(?=\s-\s|$)")
 
 # MAPO's method metrics that every step of a MAPO run logs
@@ -30,6 +32,37 @@ def synced_checksums(log: str, replica: int = 0) -> dict[int, float]:
     # the number only: Ray may append colour codes to a worker's line
     line = re.escape(CHECKSUM_LOG_PREFIX) + rf" replica={replica} step=(\d+) checksum=(-?[\d.]+(?:e[-+]?\d+)?)"
     return {int(step): float(checksum) for step, checksum in re.findall(line, log)}
+
+
+def bridge_trained_weights(run: dict, steps_run: int, initial_file: Path) -> tuple[dict, dict, set[str]]:
+    """A Megatron run's initial HF weights, the HF weights it saved through the bridge at its last step (same
+    names), and the names that changed. The engine trains bf16 parameters (fp32 masters in the optimizer), so
+    a weight changed when it differs from the initial one rounded to bf16."""
+    import torch
+    from safetensors.torch import load_file
+
+    assert run["returncode"] == 0, run["log"][-3000:]
+    initial = load_file(initial_file)
+    exported = run["root"] / "runs" / run["recipe"] / "checkpoints" / f"global_step_{steps_run}" / "actor"
+    files = sorted(exported.rglob("*.safetensors"))
+    assert files, f"no HF weights saved under {exported}"
+    trained = {name: tensor for path in files for name, tensor in load_file(path).items()}
+    assert set(trained) == set(initial)
+    changed = {name for name in initial if not torch.equal(trained[name].float(), initial[name].bfloat16().float())}
+    return initial, trained, changed
+
+
+def check_bf16_rollout_sync(run: dict, steps_run: int, initial: dict, trained: dict) -> None:
+    """The rollout served the initial weights rounded to bf16 first, then after every update, and exactly the
+    trained bf16 weights after the last one."""
+    def checksum(state: dict) -> float:
+        return float(sum(tensor.double().sum() for tensor in state.values()))
+
+    synced = synced_checksums(run["log"])
+    assert sorted(synced) == list(range(steps_run + 1))  # initial sync, then one per update
+    assert synced[0] == pytest.approx(checksum({n: t.bfloat16() for n, t in initial.items()}), rel=1e-12)
+    assert synced[steps_run] == pytest.approx(checksum(trained), rel=1e-12)
+    assert synced[steps_run] != synced[0]
 
 
 def check_image_run_metrics(run: dict, steps_run: int) -> None:

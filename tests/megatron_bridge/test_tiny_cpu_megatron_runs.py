@@ -16,9 +16,14 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from tests.e2e.tiny_runs import MAPO_METRICS, launch_recipe, step_metrics, synced_checksums
+from tests.e2e.tiny_runs import (
+    MAPO_METRICS,
+    bridge_trained_weights,
+    check_bf16_rollout_sync,
+    launch_recipe,
+    step_metrics,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,34 +51,14 @@ def test_run_finishes_with_finite_metrics(run):
     assert any(metrics["actor/grad_norm"] > 0 for metrics in steps.values())
 
 
-def _checksum(state: dict) -> float:
-    return float(sum(tensor.double().sum() for tensor in state.values()))
-
-
 def test_actor_weights_changed_and_rollout_served_them(run):
-    from safetensors.torch import load_file
-
     from mapo_verl.demo import ensure_demo_assets
 
-    assert run["returncode"] == 0, run["log"][-3000:]
-    initial = load_file(ensure_demo_assets(run["root"] / "demo").omni_model_dir / "model.safetensors")
-    exported = run["root"] / "runs" / run["recipe"] / "checkpoints" / f"global_step_{_STEPS}" / "actor"
-    files = sorted(exported.rglob("*.safetensors"))
-    assert files, f"no HF weights saved under {exported}"
-    trained = {name: tensor for path in files for name, tensor in load_file(path).items()}
-    assert set(trained) == set(initial)
-
-    # The Megatron engine trains bf16 parameters (fp32 masters in the optimizer): the rollout's first
-    # weights are the initial checkpoint rounded to bf16, its last ones the trained bf16 parameters.
-    changed = {name for name in initial if not torch.equal(trained[name].float(), initial[name].bfloat16().float())}
+    initial_file = ensure_demo_assets(run["root"] / "demo").omni_model_dir / "model.safetensors"
+    initial, trained, changed = bridge_trained_weights(run, _STEPS, initial_file)
     assert "thinker.lm_head.weight" in changed
     assert "thinker.audio_tower.proj.weight" in changed  # gradients flowed through the audio features
-
-    synced = synced_checksums(run["log"])
-    assert sorted(synced) == list(range(_STEPS + 1))  # initial sync, then one per update
-    assert synced[0] == pytest.approx(_checksum({n: t.bfloat16() for n, t in initial.items()}), rel=1e-12)
-    assert synced[_STEPS] == pytest.approx(_checksum(trained), rel=1e-12)
-    assert synced[_STEPS] != synced[0]
+    check_bf16_rollout_sync(run, _STEPS, initial, trained)
 
 
 def test_mapo_metrics_appear_and_are_finite(run):

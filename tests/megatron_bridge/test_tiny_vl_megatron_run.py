@@ -12,9 +12,8 @@ weights after the last update, synced under the bridge's export names.
 from __future__ import annotations
 
 import pytest
-import torch
 
-from tests.e2e.tiny_runs import check_image_run_metrics, launch_recipe, synced_checksums
+from tests.e2e.tiny_runs import bridge_trained_weights, check_bf16_rollout_sync, check_image_run_metrics, launch_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -34,30 +33,11 @@ def test_mapo_on_images_through_megatron_logs_image_metrics_at_every_step(run):
     check_image_run_metrics(run, _STEPS)
 
 
-def _checksum(state: dict) -> float:
-    return float(sum(tensor.double().sum() for tensor in state.values()))
-
-
 def test_vision_tower_trained_and_rollout_served_the_weights(run):
-    from safetensors.torch import load_file
-
     from mapo_verl.demo import ensure_demo_assets
 
-    assert run["returncode"] == 0, run["log"][-3000:]
-    initial = load_file(ensure_demo_assets(run["root"] / "demo").vl_model_dir / "model.safetensors")
-    exported = run["root"] / "runs" / _RECIPE / "checkpoints" / f"global_step_{_STEPS}" / "actor"
-    files = sorted(exported.rglob("*.safetensors"))
-    assert files, f"no HF weights saved under {exported}"
-    trained = {name: tensor for path in files for name, tensor in load_file(path).items()}
-    assert set(trained) == set(initial)
-
-    # bf16 parameters (fp32 masters in the optimizer): compare with the initial checkpoint rounded to bf16
-    changed = {name for name in initial if not torch.equal(trained[name].float(), initial[name].bfloat16().float())}
+    initial_file = ensure_demo_assets(run["root"] / "demo").vl_model_dir / "model.safetensors"
+    initial, trained, changed = bridge_trained_weights(run, _STEPS, initial_file)
     assert "lm_head.weight" in changed
     assert [name for name in changed if name.startswith("visual.")], "the pixels did not reach the policy update"
-
-    synced = synced_checksums(run["log"])
-    assert sorted(synced) == list(range(_STEPS + 1))  # initial sync, then one per update
-    assert synced[0] == pytest.approx(_checksum({n: t.bfloat16() for n, t in initial.items()}), rel=1e-12)
-    assert synced[_STEPS] == pytest.approx(_checksum(trained), rel=1e-12)
-    assert synced[_STEPS] != synced[0]
+    check_bf16_rollout_sync(run, _STEPS, initial, trained)
