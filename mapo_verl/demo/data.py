@@ -18,7 +18,7 @@ import numpy as np
 
 from mapo_verl.demo.model import MAX_CLIP_SECONDS, SAMPLING_RATE
 
-__all__ = ["DATA_SOURCE", "QUESTIONS", "corpus", "make_clip", "make_rows", "write_parquet"]
+__all__ = ["DATA_SOURCE", "QUESTIONS", "corpus", "make_clip", "make_rows", "question_rows", "write_parquet"]
 
 DATA_SOURCE = "mapo_demo_tones"
 QUESTIONS = {
@@ -58,25 +58,34 @@ def make_clip(task: str, answer: str, rng: np.random.Generator) -> np.ndarray:
     return clip
 
 
-def make_rows(num_rows: int, seed: int, split: str) -> list[dict]:
-    """``num_rows`` examples alternating between the two tasks, reproducible from ``seed``."""
+def question_rows(num_rows: int, seed: int, split: str, *, tasks: tuple[str, str], questions: dict[str, str],
+                  data_source: str, placeholder: str, media_key: str, make_media, ability: str) -> list[dict]:
+    """veRL ``RLHFDataset`` rows alternating between a counting task (answer 1-4) and a yes/no task, one media
+    item each (``make_media(task, answer, rng)``), reproducible from ``seed``; the audio and the vision demo
+    sets are both made here."""
     rng = np.random.default_rng(seed)
     rows = []
     for index in range(num_rows):
-        task = ("count", "pitch")[index % 2]
-        answer = str(rng.integers(1, 5)) if task == "count" else str(rng.choice(["yes", "no"]))
-        clip = make_clip(task, answer, rng)
+        task = tasks[index % 2]
+        answer = str(rng.integers(1, 5)) if index % 2 == 0 else str(rng.choice(["yes", "no"]))
         rows.append(
             {
-                "data_source": DATA_SOURCE,
-                "prompt": [{"role": "user", "content": "<audio>" + QUESTIONS[task]}],
-                "audios": [clip.tolist()],
-                "ability": f"audio_{task}",
+                "data_source": data_source,
+                "prompt": [{"role": "user", "content": placeholder + questions[task]}],
+                media_key: [make_media(task, answer, rng)],
+                "ability": f"{ability}_{task}",
                 "reward_model": {"style": "rule", "ground_truth": answer},
                 "extra_info": {"index": index, "split": split, "task": task},
             }
         )
     return rows
+
+
+def make_rows(num_rows: int, seed: int, split: str) -> list[dict]:
+    """``num_rows`` audio examples alternating between the two tasks, reproducible from ``seed``."""
+    return question_rows(num_rows, seed, split, tasks=("count", "pitch"), questions=QUESTIONS,
+                         data_source=DATA_SOURCE, placeholder="<audio>", media_key="audios",
+                         make_media=lambda task, answer, rng: make_clip(task, answer, rng).tolist(), ability="audio")
 
 
 def write_parquet(rows: list[dict], path: str | Path) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mapo_verl.demo.data import question_rows
 from mapo_verl.demo.model import build_tokenizer, save_model_files
 
 __all__ = ["VISION_SPECIAL_TOKENS", "VL_CHAT_TEMPLATE", "IMAGE_SIDE", "DATA_SOURCE", "QUESTIONS", "vl_corpus",
@@ -82,21 +83,10 @@ def make_image(task: str, answer: str, rng: np.random.Generator) -> bytes:
 
 
 def make_rows(num_rows: int, seed: int, split: str) -> list[dict]:
-    """``num_rows`` examples alternating between the two tasks, reproducible from ``seed``."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for index in range(num_rows):
-        task = ("count", "red")[index % 2]
-        answer = str(rng.integers(1, 5)) if task == "count" else str(rng.choice(["yes", "no"]))
-        rows.append({
-            "data_source": DATA_SOURCE,
-            "prompt": [{"role": "user", "content": "<image>" + QUESTIONS[task]}],
-            "images": [{"bytes": make_image(task, answer, rng)}],
-            "ability": f"vision_{task}",
-            "reward_model": {"style": "rule", "ground_truth": answer},
-            "extra_info": {"index": index, "split": split, "task": task},
-        })
-    return rows
+    """``num_rows`` image examples alternating between the two tasks, reproducible from ``seed``."""
+    return question_rows(num_rows, seed, split, tasks=("count", "red"), questions=QUESTIONS, data_source=DATA_SOURCE,
+                         placeholder="<image>", media_key="images", ability="vision",
+                         make_media=lambda task, answer, rng: {"bytes": make_image(task, answer, rng)})
 
 
 def vl_processor(tokenizer):
